@@ -1,0 +1,85 @@
+"""Orthonormal bases U of the latent space (DESIGN §1): `x̄ = Uᵀx`, `x = U x̄`.
+
+A latent is float32 [B, C, H·W]: per channel, the coefficients in the basis order.
+Both bases act per channel and identically on every channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BASES = ("dct", "pixel")
+
+
+def dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix, float64: `D[k, m] = sqrt((2 − δ_k0)/n) · cos(π(2m+1)k / 2n)`."""
+    k = np.arange(n)[:, None]
+    m = np.arange(n)[None, :]
+    scale = np.where(k == 0, np.sqrt(1.0 / n), np.sqrt(2.0 / n))
+    return scale * np.cos(np.pi * (2 * m + 1) * k / (2 * n))
+
+
+def dct_order(height: int, width: int) -> np.ndarray:
+    """Row-major (ky, kx) indices sorted by ascending `(ky/H)² + (kx/W)²`, ties in row-major order.
+
+    This is the order of descending Gaussian-blur (heat equation, Neumann boundary) eigenvalue,
+    so index 0 is the DC term and low frequencies come first.
+    """
+    ky, kx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    frequency = (ky / height) ** 2 + (kx / width) ** 2
+    return np.argsort(frequency.ravel(), kind="stable")
+
+
+class Basis:
+    """Forward (`to_latent`) and inverse (`from_latent`) transform for one image shape.
+
+    `dct` is separable, `X̄ = D_H X D_Wᵀ`, then permuted into `dct_order`; `pixel` is the identity
+    (coefficients are pixels in row-major order). Both keep the input's float dtype.
+    """
+
+    def __init__(self, name: str, height: int, width: int) -> None:
+        if name not in BASES:
+            raise ValueError(f"unknown basis {name!r}: expected one of {', '.join(BASES)}")
+        if height < 1 or width < 1:
+            raise ValueError(f"image size must be positive, got {height}×{width}")
+        self.name = name
+        self.height = height
+        self.width = width
+        if name == "dct":
+            self.order = dct_order(height, width)
+            d_h, d_w = dct_matrix(height), dct_matrix(width)  # built in float64, then cast
+            self._matrices: dict[type, tuple[np.ndarray, np.ndarray]] = {
+                t: (d_h.astype(t), d_w.astype(t)) for t in (np.float32, np.float64)
+            }
+        else:
+            self.order = np.arange(height * width)
+
+    def to_latent(self, images: np.ndarray) -> np.ndarray:
+        """[..., H, W] pixels → [..., H·W] coefficients in basis order."""
+        images = np.asarray(images)
+        *lead, h, w = images.shape
+        if (h, w) != (self.height, self.width):
+            raise ValueError(f"expected images of size {self.height}×{self.width}, got {h}×{w}")
+        if self.name == "pixel":
+            return images.reshape(*lead, h * w).copy()
+        d_h, d_w = self._matrices[_float_dtype(images)]
+        coefficients = d_h @ images @ d_w.T
+        return coefficients.reshape(*lead, h * w)[..., self.order]
+
+    def from_latent(self, latents: np.ndarray) -> np.ndarray:
+        """[..., H·W] coefficients in basis order → [..., H, W] pixels."""
+        latents = np.asarray(latents)
+        *lead, n = latents.shape
+        if n != self.height * self.width:
+            raise ValueError(f"expected {self.height * self.width} coefficients per channel, got {n}")
+        if self.name == "pixel":
+            return latents.reshape(*lead, self.height, self.width).copy()
+        d_h, d_w = self._matrices[_float_dtype(latents)]
+        row_major: np.ndarray = np.empty_like(latents, dtype=_float_dtype(latents))
+        row_major[..., self.order] = latents
+        grid = row_major.reshape(*lead, self.height, self.width)
+        return d_h.T @ grid @ d_w
+
+
+def _float_dtype(array: np.ndarray) -> type:
+    return np.float64 if array.dtype == np.float64 else np.float32

@@ -1,0 +1,131 @@
+"""Per-group noise schedules (DESIGN §1, paper Eq. 8).
+
+Group Sj is diffused during its own interval [s_j, e_j] of forward time (0 = data, 1 = noise);
+the intervals tile [0, 1]. Its level is `α_j(t) = clip((e_j − t)/(e_j − s_j), 0, 1)`.
+Training and generation schedules are separate `Schedule` objects over the same groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+HIDDEN = -1.0  # level of a group that decode makes after the active one (DESIGN: hidden groups)
+
+
+class Schedule:
+    """k non-overlapping intervals that tile [0, 1]; `intervals[j]` belongs to group S(j+1)."""
+
+    def __init__(self, intervals: Sequence[Sequence[float]]) -> None:
+        spans = np.asarray(intervals, dtype=np.float64)
+        if spans.ndim != 2 or spans.shape[1] != 2 or len(spans) == 0:
+            raise ValueError(f"a schedule needs one (start, end) pair per group, got {intervals!r}")
+        if ((spans < 0) | (spans > 1)).any():
+            raise ValueError(f"schedule intervals must lie in [0, 1], got {spans.tolist()}")
+        if (spans[:, 1] <= spans[:, 0]).any():
+            raise ValueError(f"every interval needs start < end, got {spans.tolist()}")
+        ordered = spans[np.argsort(spans[:, 0])]
+        if ordered[0, 0] != 0 or ordered[-1, 1] != 1:
+            raise ValueError(f"the intervals must cover [0, 1] from 0 to 1, got {spans.tolist()}")
+        joins = ordered[1:, 0] - ordered[:-1, 1]
+        if (joins < 0).any():
+            raise ValueError(f"schedule intervals overlap: {spans.tolist()}")
+        if (joins > 0).any():
+            raise ValueError(f"schedule intervals leave a gap: {spans.tolist()}")
+        self.intervals = spans
+        self.k = len(spans)
+        self.start, self.end = spans[:, 0], spans[:, 1]
+        # hidden[j, i]: while group j is active, group i is one that decode makes later
+        # (its whole interval comes earlier in forward time), so it is pure noise.
+        self.hidden = self.end[None, :] <= self.start[:, None]
+
+    @classmethod
+    def from_cuts(cls, cuts: str | Sequence[float], k: int | None = None) -> Schedule:
+        """The paper's Table-1 notation: `"0.6,0.8,0.9"` → S4 [0,.6], S3 [.6,.8], S2 [.8,.9], S1 [.9,1].
+
+        k − 1 ascending cut points; the finest group goes first in forward time. `"-"`, `""` or
+        `[]` is the one-group scalar schedule [0, 1].
+        """
+        if isinstance(cuts, str):
+            text = cuts.strip()
+            try:
+                points = [] if text in ("", "-") else [float(c) for c in text.split(",")]
+            except ValueError:
+                raise ValueError(f"schedule cuts must be comma-separated numbers, got {cuts!r}") from None
+        else:
+            points = [float(c) for c in cuts]
+        if k is not None and len(points) != k - 1:
+            raise ValueError(
+                f"a schedule for {k} groups needs {k - 1} cut points, got {len(points)} ({cuts!r})"
+            )
+        knots = [0.0, *points, 1.0]
+        if any(not 0 < c < 1 for c in points) or any(a >= b for a, b in zip(knots, knots[1:])):
+            raise ValueError(f"schedule cuts must increase strictly inside (0, 1), got {cuts!r}")
+        n = len(knots) - 1
+        return cls([(knots[n - 1 - j], knots[n - j]) for j in range(n)])
+
+    @classmethod
+    def parse(cls, spec: str | Schedule | Sequence[float], k: int) -> Schedule:
+        """Cut notation or an existing schedule, checked to have k groups."""
+        schedule = spec if isinstance(spec, Schedule) else cls.from_cuts(spec, k)
+        if schedule.k != k:
+            raise ValueError(f"schedule has {schedule.k} groups, the model has {k}")
+        return schedule
+
+    @property
+    def cuts(self) -> str | None:
+        """The cut notation, when the groups run finest-first (the paper's order); else None."""
+        if not np.all(np.diff(self.start) < 0):
+            return None
+        return ",".join(f"{c:g}" for c in self.start[-2::-1]) or "-"
+
+    def levels(self, t: float | np.ndarray) -> np.ndarray:
+        """Eq. 8: α_j(t) for every group, shape [..., k] (1 before s_j, 0 after e_j)."""
+        t = np.asarray(t, dtype=np.float64)[..., None]
+        return np.clip((self.end - t) / (self.end - self.start), 0.0, 1.0)
+
+    def rates(self, t: float | np.ndarray) -> np.ndarray:
+        """α'_j(t): −1/(e_j − s_j) while group j is active, else 0; shape [..., k]."""
+        t = np.asarray(t, dtype=np.float64)[..., None]
+        inside = (self.start <= t) & (t < self.end)
+        return np.where(inside, -1.0 / (self.end - self.start), 0.0)
+
+    def active(self, t: float | np.ndarray) -> np.ndarray:
+        """0-based index of the group whose interval contains t (t = 1 belongs to the last one)."""
+        t = np.asarray(t, dtype=np.float64)[..., None]
+        inside = (self.start <= t) & ((t < self.end) | (self.end == 1.0))
+        return np.argmax(inside, axis=-1)
+
+    def conditioning(
+        self, t: float | np.ndarray, phase: int | np.ndarray | None = None, hide: bool = True
+    ) -> np.ndarray:
+        """The network's level vector, float32 [..., k].
+
+        With `hide`, groups that decode makes after the active one read HIDDEN (−1): that also
+        names the active group at a phase boundary. `phase` (0-based) says whose phase it is;
+        by default the group active at t.
+        """
+        levels = self.levels(t)
+        if hide:
+            phase = self.active(t) if phase is None else np.asarray(phase)
+            levels = np.where(self.hidden[phase], HIDDEN, levels)
+        return levels.astype(np.float32)
+
+    def describe(self) -> str | list[list[float]]:
+        """Cut notation when possible, else the intervals (JSON-ready)."""
+        return self.cuts or self.intervals.tolist()
+
+    @classmethod
+    def from_description(cls, description: str | Sequence[Sequence[float]]) -> Schedule:
+        return cls.from_cuts(description) if isinstance(description, str) else cls(description)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and np.array_equal(self.intervals, other.intervals)
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.describe()!r})"
+
+
+PAPER_TRAIN = "0.6,0.8,0.9"  # Table 1's best pair: train with this …
+PAPER_GENERATE = "0.1,0.2,0.3"  # … generate with this

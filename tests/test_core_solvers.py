@@ -1,0 +1,167 @@
+"""Solvers against the exact Gaussian oracle (DESIGN §1): the strongest test this project has."""
+
+import numpy as np
+import pytest
+
+from grouplat import (
+    GaussianOracle,
+    LatentSpace,
+    Schedule,
+    allocate_steps,
+    decode,
+    encode,
+    quadrant_groups,
+    solve,
+    time_grid,
+)
+from grouplat.solvers import phase_levels
+
+
+def oracle_for(space, seed=0):
+    """Random per-coefficient mean and std (std in [0.3, 3]) and 4 samples of that Gaussian."""
+    rng = np.random.default_rng(seed)
+    oracle = GaussianOracle(
+        space, 0.5 * rng.standard_normal(space.latent_shape), rng.uniform(0.3, 3, space.latent_shape)
+    )
+    return oracle, oracle.sample(4, seed + 1).astype(np.float32)
+
+
+# 16×16 has only 256 coefficients per channel, so its last paper boundary (500) becomes 200.
+PAPER_SPACES = [((3, 16, 16), "dct", (30, 100, 200)), ((3, 32, 32), "dct", (30, 100, 500))]
+
+
+@pytest.mark.parametrize("schedule", ["0.6,0.8,0.9", "0.1,0.2,0.3"])
+@pytest.mark.parametrize(("shape", "basis", "groups"), PAPER_SPACES)
+def test_heun_encode_matches_the_exact_encode(shape, basis, groups, schedule):
+    space = LatentSpace(shape, basis, groups)
+    oracle, x = oracle_for(space)
+    steps = 800  # 1600 NFE: the oracle's 1e-3 needs this many plain Heun steps (DESIGN §1)
+    z = encode(oracle, x, space, Schedule.from_cuts(schedule), steps=steps, std=oracle.std)
+    assert np.abs(z - oracle.encode(x)).max() <= 1e-3
+    x_back = decode(oracle, z, space, Schedule.from_cuts(schedule), steps=steps, std=oracle.std)
+    assert np.abs(x_back - x).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("space", "schedule"),
+    [
+        (LatentSpace((1, 16, 16), "pixel", quadrant_groups(16, 16)), "0.25,0.5,0.75"),
+        (LatentSpace((3, 16, 16), "dct", []), "-"),
+    ],
+    ids=["pixel-quadrants", "scalar-k1"],
+)
+def test_pixel_basis_and_scalar_schedule(space, schedule):
+    oracle, x = oracle_for(space)
+    z = encode(oracle, x, space, Schedule.from_cuts(schedule), steps=800, std=oracle.std)
+    assert np.abs(z - oracle.encode(x)).max() <= 1e-3
+    x_back = decode(oracle, z, space, Schedule.from_cuts(schedule), steps=800, std=oracle.std)
+    assert np.abs(x_back - x).max() <= 1e-4
+
+
+@pytest.mark.parametrize(("solver", "order"), [("euler", 1.0), ("heun", 2.0)])
+def test_convergence_order(solver, order):
+    space = LatentSpace((3, 16, 16), "dct", (30, 100, 200))
+    oracle, x = oracle_for(space, seed=3)
+    schedule = Schedule.from_cuts("0.6,0.8,0.9")
+    exact = oracle.encode(x)
+    errors = [
+        np.abs(encode(oracle, x, space, schedule, n, solver, "uniform") - exact).max() for n in (400, 800)
+    ]
+    measured = np.log2(errors[0] / errors[1])
+    assert abs(measured - order) < 0.2, f"{solver}: measured order {measured:.2f}"
+
+
+def test_only_the_active_group_moves_during_its_phase():
+    space = LatentSpace((3, 16, 16), "dct", (30, 100, 200))
+    oracle, x = oracle_for(space)
+    schedule = Schedule.from_cuts("0.1,0.2,0.3")
+    grid = time_grid(schedule, 24)[::-1]
+    states = [space.to_latent(x)]  # any latent will do: decode from the image's coefficients
+
+    def record(step, t, latents):
+        states.append(latents.copy())
+
+    decode(oracle, states[0], space, schedule, steps=24, callback=record)
+    assert len(states) == len(grid)
+    for (t0, t1), before, after in zip(zip(grid, grid[1:]), states, states[1:]):
+        active = int(schedule.active((t0 + t1) / 2)) + 1
+        outside = ~space.mask(active)
+        assert np.array_equal(before[..., outside], after[..., outside])
+        assert not np.array_equal(before[..., ~outside], after[..., ~outside])
+
+
+class RandomNetwork:
+    """A fixed nonlinear pixel-space 'network' that sees every pixel and the levels."""
+
+    def __init__(self, space, seed=0):
+        rng = np.random.default_rng(seed)
+        n = space.channels * space.size
+        self.weight = rng.standard_normal((n, n)).astype(np.float32) / np.sqrt(n)
+        self.level_weight = rng.standard_normal((space.k, n)).astype(np.float32)
+
+    def __call__(self, x_t, levels):
+        flat = x_t.reshape(len(x_t), -1)
+        return np.tanh(flat @ self.weight + levels @ self.level_weight).reshape(x_t.shape)
+
+
+@pytest.mark.parametrize("hide", [True, False])
+def test_changing_a_group_leaves_coarser_groups_exactly_alone_only_with_hiding(hide):
+    space = LatentSpace((1, 8, 8), "dct", (4, 16, 40))
+    schedule = Schedule.from_cuts("0.1,0.2,0.3")
+    network = RandomNetwork(space)
+    z = np.random.default_rng(0).standard_normal((1, *space.latent_shape)).astype(np.float32)
+    edited = z.copy()
+    edited[..., space.mask(3)] += 1.0
+    grid = time_grid(schedule, 12)[::-1]
+    a, b = (solve(network, v, space, schedule, grid, hide=hide) for v in (z, edited))
+    coarser = space.mask(1) | space.mask(2)
+    if hide:
+        assert np.array_equal(a[..., coarser], b[..., coarser])
+    else:
+        assert np.abs(a[..., coarser] - b[..., coarser]).max() > 1e-3
+    assert np.abs(a[..., space.mask(3)] - b[..., space.mask(3)]).max() > 1e-3
+
+
+def test_steps_split_by_the_generation_schedule():
+    schedule = Schedule.from_cuts("0.1,0.2,0.3")
+    assert allocate_steps(schedule, 40).tolist() == [28, 4, 4, 4]
+    assert allocate_steps(schedule, 20).tolist() == [11, 3, 3, 3]  # 2 would be degenerate
+    assert allocate_steps(schedule, 100).tolist() == [70, 10, 10, 10]
+    assert allocate_steps(schedule, 4).tolist() == [1, 1, 1, 1]
+    assert allocate_steps(schedule, [5, 4, 3, 2]).tolist() == [5, 4, 3, 2]
+    for total in range(4, 60):
+        assert allocate_steps(schedule, total).sum() == total
+    with pytest.raises(ValueError, match="cannot cover 4 groups"):
+        allocate_steps(schedule, 3)
+    with pytest.raises(ValueError, match="per-group steps need 4"):
+        allocate_steps(schedule, [5, 4])
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "tau"])
+def test_time_grid_has_a_knot_at_every_kink(spacing):
+    schedule = Schedule.from_cuts("0.6,0.8,0.9")
+    grid = time_grid(schedule, [4, 3, 5, 6], spacing)
+    assert len(grid) == 19 and grid[0] == 0 and grid[-1] == 1 and np.all(np.diff(grid) > 0)
+    assert {0.6, 0.8, 0.9} <= set(np.round(grid, 12))
+    # no step straddles a kink: each step's midpoint and both ends share one interval
+    for t0, t1 in zip(grid, grid[1:]):
+        phase = schedule.active((t0 + t1) / 2)
+        assert schedule.start[phase] <= t0 and t1 <= schedule.end[phase]
+
+
+def test_tau_spacing_crowds_knots_where_paths_bend():
+    small = phase_levels(8, "tau", (0.05, 0.05))  # fine detail bends near the clean end α = 1
+    large = phase_levels(8, "tau", (20.0, 20.0))  # coarse coefficients bend near the noise end
+    assert small[0] - small[1] < 1 / 8 < small[-2] - small[-1]
+    assert large[-2] - large[-1] < 1 / 8 < large[0] - large[1]
+
+
+def test_bad_solver_settings_are_refused():
+    space = LatentSpace((1, 4, 4), "dct", (4,))
+    oracle, x = oracle_for(space)
+    with pytest.raises(ValueError, match="unknown solver 'rk4'"):
+        encode(oracle, x, space, Schedule.from_cuts("0.5"), steps=4, solver="rk4")
+    with pytest.raises(ValueError, match="unknown spacing"):
+        encode(oracle, x, space, Schedule.from_cuts("0.5"), steps=4, spacing="cosine")
+    with pytest.raises(ValueError, match="schedule has 3 groups, the latent space 2"):
+        encode(oracle, x, space, Schedule.from_cuts("0.3,0.5"), steps=4)
