@@ -20,7 +20,7 @@ from grouplat.space import LatentSpace
 Velocity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Callback = Callable[[int, float, np.ndarray], None]
 
-SOLVERS = ("euler", "heun")
+SOLVERS = ("euler", "heun", "gei1", "gei2m")
 SPACINGS = ("uniform", "tau")
 DEFAULT_STD_RANGE = (0.1, 10.0)  # coefficient std range assumed by `tau` spacing without stats
 
@@ -110,6 +110,35 @@ def group_std_ranges(space: LatentSpace, std: np.ndarray) -> np.ndarray:
     )
 
 
+class GaussianPart:
+    """The exactly solvable Gaussian part of one group's flow (DESIGN §1, GEI).
+
+    For coefficients with data mean μ and std σ, `u_g = μ + g(α)(x − αμ)` is the oracle velocity;
+    with `w = (x − αμ)/s(α)` and `τ = ∫dα/s(α)` the full flow is `dw/dτ = u − u_g`, so only the
+    network's residual is integrated numerically and the stiff Gaussian part is exact.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean = np.asarray(mean, np.float64)
+        self.var = np.asarray(std, np.float64) ** 2
+
+    def scale(self, alpha: float) -> np.ndarray:
+        return np.sqrt(alpha**2 * self.var + (1 - alpha) ** 2)
+
+    def tau(self, alpha: float) -> np.ndarray:
+        root = np.sqrt(1 + self.var)
+        return np.arcsinh(((1 + self.var) * alpha - 1) / np.sqrt(self.var)) / root
+
+    def residual(self, x: np.ndarray, u: np.ndarray, alpha: float) -> np.ndarray:
+        gain = (alpha * self.var - (1 - alpha)) / self.scale(alpha) ** 2
+        return u - (self.mean + gain * (x - alpha * self.mean))
+
+    def advance(self, x: np.ndarray, residual: np.ndarray, alpha: float, to: float) -> np.ndarray:
+        """Exact Gaussian transport from α to `to`, with the residual held constant in τ."""
+        w = (x - alpha * self.mean) / self.scale(alpha) + residual * (self.tau(to) - self.tau(alpha))
+        return to * self.mean + self.scale(to) * w
+
+
 def solve(
     velocity: Velocity,
     latents: np.ndarray,
@@ -119,25 +148,35 @@ def solve(
     solver: str = "heun",
     hide: bool = True,
     callback: Callback | None = None,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
 ) -> np.ndarray:
     """Integrate the latents along `grid` (forward times). Returns float32 [B, C, H·W].
 
-    With `hide`, the groups that decode makes after the active one are zeroed in the network's
-    input and marked HIDDEN in its levels (DESIGN: hidden groups).
+    Solvers: `euler`, `heun` (1 and 2 NFE per step), and the Gaussian exponential integrators
+    `gei1` and `gei2m` (1 and 2 NFE per step; they need the per-coefficient data `mean` and `std`,
+    [C, H·W], and are exact for Gaussian data at any step count). With `hide`, the groups that
+    decode makes after the active one are zeroed in the network's input and marked HIDDEN in its
+    levels (DESIGN: hidden groups).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {', '.join(SOLVERS)}")
     if schedule.k != space.k:
         raise ValueError(f"schedule has {schedule.k} groups, the latent space {space.k}")
     space.check_latents(latents)
+    gaussian: list[GaussianPart] = []
+    if solver.startswith("gei"):
+        if mean is None or std is None:
+            raise ValueError(f"solver {solver!r} needs the data mean and std of every coefficient")
+        mean, std = (np.broadcast_to(v, space.latent_shape) for v in (mean, std))
+        gaussian = [GaussianPart(mean[:, ix], std[:, ix]) for ix in map(space.indices, range(1, space.k + 1))]
     x = np.array(latents, dtype=np.float32)
     batch = len(x)
+    hidden = [schedule.hidden[j][space.group_of] for j in range(space.k)]  # per phase, [H·W]
 
     def group_velocity(state: np.ndarray, t: float, phase: int) -> np.ndarray:
         levels = schedule.conditioning(t, phase, hide)
-        visible = state
-        if hide:
-            visible = np.where(schedule.hidden[phase][space.group_of], np.float32(0), state)
+        visible = np.where(hidden[phase], np.float32(0), state) if hide else state
         pixels = space.basis.from_latent(visible).astype(np.float32, copy=False)
         f = velocity(pixels, np.broadcast_to(levels, (batch, space.k)).copy())
         return space.basis.to_latent(np.asarray(f, dtype=np.float32))[..., space.indices(phase + 1)]
@@ -145,15 +184,26 @@ def solve(
     for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
         phase = int(schedule.active(0.5 * (t0 + t1)))
         members = space.indices(phase + 1)
-        d_alpha = np.float32(schedule.levels(t1)[phase] - schedule.levels(t0)[phase])
+        a0, a1 = (float(schedule.levels(t)[phase]) for t in (t0, t1))
         u0 = group_velocity(x, float(t0), phase)
         if solver == "euler":
-            x[..., members] += d_alpha * u0
-        else:
+            x[..., members] += np.float32(a1 - a0) * u0
+        elif solver == "heun":
             predicted = x.copy()
-            predicted[..., members] += d_alpha * u0
+            predicted[..., members] += np.float32(a1 - a0) * u0
             u1 = group_velocity(predicted, float(t1), phase)
-            x[..., members] += d_alpha * 0.5 * (u0 + u1)
+            x[..., members] += np.float32(a1 - a0) * 0.5 * (u0 + u1)
+        else:
+            part, x0 = gaussian[phase], x[..., members].astype(np.float64)
+            residual = part.residual(x0, u0, a0)
+            if solver == "gei2m":  # DPM-Solver-2 style: the residual at the midpoint in α
+                a_mid = 0.5 * (a0 + a1)
+                t_mid = schedule.end[phase] - a_mid * (schedule.end[phase] - schedule.start[phase])
+                midpoint = x.copy()
+                midpoint[..., members] = part.advance(x0, residual, a0, a_mid)
+                u_mid = group_velocity(midpoint, float(t_mid), phase)
+                residual = part.residual(midpoint[..., members].astype(np.float64), u_mid, a_mid)
+            x[..., members] = part.advance(x0, residual, a0, a1)
         if callback is not None:
             callback(i, float(t1), x)
     return x
@@ -179,16 +229,19 @@ def encode(
     solver: str = "heun",
     spacing: str = "tau",
     std: np.ndarray | None = None,
+    mean: np.ndarray | None = None,
     hide: bool = True,
     callback: Callback | None = None,
 ) -> np.ndarray:
     """Images [B, C, H, W] in [-1, 1] → latents [B, C, H·W] (integrate t from 0 to 1).
 
-    `steps` is a total (split by `schedule`, the generation schedule) or one count per group;
-    `std` is the per-coefficient data std [C, H·W] that places `tau` knots.
+    `steps` is a total (split by `schedule`, the generation schedule) or one count per group.
+    `std` and `mean` are the per-coefficient data statistics [C, H·W] stored with a model:
+    `std` places the `tau` knots, and the `gei` solvers need both.
     """
     grid = _grid(space, schedule, steps, spacing, std)
-    return solve(velocity, space.to_latent(images), space, schedule, grid, solver, hide, callback)
+    latents = space.to_latent(images)
+    return solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std)
 
 
 def decode(
@@ -200,9 +253,11 @@ def decode(
     solver: str = "heun",
     spacing: str = "tau",
     std: np.ndarray | None = None,
+    mean: np.ndarray | None = None,
     hide: bool = True,
     callback: Callback | None = None,
 ) -> np.ndarray:
     """Latents [B, C, H·W] → images [B, C, H, W] (integrate t from 1 to 0). See `encode`."""
     grid = _grid(space, schedule, steps, spacing, std)[::-1]
-    return space.from_latent(solve(velocity, latents, space, schedule, grid, solver, hide, callback))
+    state = solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std)
+    return space.from_latent(state)
