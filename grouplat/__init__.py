@@ -6,6 +6,9 @@ Triton models build on it.
 """
 
 from grouplat.ops import interpolate, keep_first, mix, resample, traverse, variations
+
+__version__ = "0.1.0"
+
 from grouplat.oracle import GaussianOracle
 from grouplat.schedule import HIDDEN, PAPER_GENERATE, PAPER_TRAIN, Schedule
 from grouplat.solvers import allocate_steps, decode, encode, solve, time_grid

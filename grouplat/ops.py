@@ -26,12 +26,17 @@ def _batch(space: LatentSpace, latents: np.ndarray) -> np.ndarray:
 def mix(space: LatentSpace, latents: np.ndarray, reference: np.ndarray, groups: Groups) -> np.ndarray:
     """Take the chosen groups from `reference` (Fig. 6), the rest from `latents`.
 
-    `reference` is one latent or one per latent. S1 transfers identity / pose / class; finer
-    groups transfer finer detail.
+    `reference` is one latent or one per latent; `groups` is one choice for all, or a boolean
+    mask [B, k] per latent. S1 transfers identity / pose / class; finer groups finer detail.
     """
     base = _batch(space, latents)
     ref = np.broadcast_to(_batch(space, reference), base.shape)
-    return np.where(space.coefficient_mask(groups), ref, base)
+    mask = space.coefficient_mask(groups)
+    if mask.ndim == 2:  # one choice per latent: broadcast over channels
+        if len(mask) != len(base):
+            raise ValueError(f"{len(mask)} group masks for {len(base)} latents")
+        mask = mask[:, None]
+    return np.where(mask, ref, base)
 
 
 def interpolate(

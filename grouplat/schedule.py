@@ -7,6 +7,7 @@ Training and generation schedules are separate `Schedule` objects over the same 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,7 +68,14 @@ class Schedule:
 
     @classmethod
     def parse(cls, spec: str | Schedule | Sequence[float], k: int) -> Schedule:
-        """Cut notation or an existing schedule, checked to have k groups."""
+        """Cut notation, a JSON list of intervals, or a schedule; checked to have k groups."""
+        if isinstance(spec, str) and spec.strip().startswith("[["):
+            try:
+                spec = cls(json.loads(spec))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"schedule intervals must be a JSON list of [start, end] pairs: {error}"
+                ) from None
         schedule = spec if isinstance(spec, Schedule) else cls.from_cuts(spec, k)
         if schedule.k != k:
             raise ValueError(f"schedule has {schedule.k} groups, the model has {k}")
@@ -111,6 +119,11 @@ class Schedule:
             phase = self.active(t) if phase is None else np.asarray(phase)
             levels = np.where(self.hidden[phase], HIDDEN, levels)
         return levels.astype(np.float32)
+
+    @property
+    def text(self) -> str:
+        """One-line form that `parse` reads back: cut notation, else JSON intervals."""
+        return self.cuts or json.dumps(self.intervals.tolist())
 
     def describe(self) -> str | list[list[float]]:
         """Cut notation when possible, else the intervals (JSON-ready)."""

@@ -68,10 +68,10 @@ class LatentSpace:
         return self.group_of == self._zero_based(group)
 
     def selection(self, groups: Iterable[int] | np.ndarray) -> np.ndarray:
-        """bool [k] from group numbers (1-based) or a boolean mask of length k."""
+        """bool [k] from group numbers (1-based), or a boolean mask [..., k] (one per sample) as is."""
         groups = np.asarray(list(groups) if not isinstance(groups, np.ndarray) else groups)
         if groups.dtype == bool:
-            if groups.shape != (self.k,):
+            if groups.ndim == 0 or groups.shape[-1] != self.k:
                 raise ValueError(f"a group mask needs {self.k} entries, got shape {groups.shape}")
             return groups.copy()
         chosen = np.zeros(self.k, dtype=bool)
@@ -80,8 +80,8 @@ class LatentSpace:
         return chosen
 
     def coefficient_mask(self, groups: Iterable[int] | np.ndarray) -> np.ndarray:
-        """bool [H·W]: coefficients of any of the chosen groups."""
-        return self.selection(groups)[self.group_of]
+        """bool [..., H·W]: coefficients of any of the chosen groups."""
+        return self.selection(groups)[..., self.group_of]
 
     def check_images(self, images: np.ndarray) -> None:
         if np.ndim(images) != 4 or tuple(np.shape(images)[1:]) != self.shape:

@@ -91,3 +91,13 @@ def test_operations_refuse_bad_specs():
         keep_first(SPACE, z, 5, "noise")
     with pytest.raises(ValueError, match="unknown interpolation"):
         interpolate(SPACE, z[0], z[0], 1, [0.5], "cubic")
+
+
+def test_mix_with_one_group_mask_per_latent():
+    a, b = latents(2, 0), latents(2, 1)
+    masks = np.array([[True, False, False, False], [False, False, True, True]])
+    out = mix(SPACE, a, b, masks)
+    for i in range(2):
+        np.testing.assert_array_equal(out[i], mix(SPACE, a[i], b[i], masks[i])[0])
+    with pytest.raises(ValueError, match="3 group masks for 2 latents"):
+        mix(SPACE, a, b, np.ones((3, 4), bool))

@@ -101,3 +101,10 @@ def test_parse_checks_the_number_of_groups():
         Schedule.parse("0.5,0.7", 2)
     with pytest.raises(ValueError, match="schedule has 3 groups, the model has 2"):
         Schedule.parse(Schedule.from_cuts("0.5,0.7"), 2)
+
+
+def test_text_form_round_trips_through_parse():
+    for schedule in (Schedule.from_cuts("0.6,0.8,0.9"), Schedule([[0, 0.5], [0.5, 1]])):
+        assert Schedule.parse(schedule.text, schedule.k) == schedule
+    with pytest.raises(ValueError, match="JSON list"):
+        Schedule.parse("[[0, 0.5], [0.5", 2)

@@ -1,0 +1,1 @@
+"""Export: checkpoint → velocity engine (ONNX, TensorRT) → Triton model repository."""

@@ -1,0 +1,88 @@
+"""What every served model carries: its fingerprint, latent space, training schedule and data stats.
+
+A checkpoint produces one `ModelInfo`; export writes it beside every engine version
+(`model.json` + `stats.npz`) and into the Triton configs, and the orchestrators and the client
+read it back. A latent is only meaningful with the model whose fingerprint it carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grouplat.schedule import Schedule
+from grouplat.space import LatentSpace
+
+INFO_FILE = "model.json"
+STATS_FILE = "stats.npz"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    fingerprint: str  # sha256 hex that names the model (weights + what shapes its latents)
+    space: LatentSpace
+    train_schedule: Schedule
+    hide: bool  # hidden groups (DESIGN §1) were used in training, so must be in encode/decode
+    mean: np.ndarray  # per-coefficient data mean [C, H·W], float32
+    std: np.ndarray  # per-coefficient data std [C, H·W], float32
+
+    def __post_init__(self) -> None:
+        if self.train_schedule.k != self.space.k:
+            raise ValueError(
+                f"training schedule has {self.train_schedule.k} groups, the latent space {self.space.k}"
+            )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if np.shape(value) != self.space.latent_shape:
+                raise ValueError(
+                    f"data {name} has shape {np.shape(value)}, expected {self.space.latent_shape}"
+                )
+        if not (np.isfinite(self.std).all() and (self.std > 0).all()):
+            raise ValueError("data std must be finite and positive")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready metadata (without the stats arrays)."""
+        return {
+            "fingerprint": self.fingerprint,
+            "space": self.space.describe(),
+            "train_schedule": self.train_schedule.describe(),
+            "hide": self.hide,
+        }
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        (directory / INFO_FILE).write_text(json.dumps(self.describe(), indent=1))
+        np.savez(directory / STATS_FILE, mean=self.mean, std=self.std)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelInfo:
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / INFO_FILE).read_text())
+            with np.load(directory / STATS_FILE, allow_pickle=False) as stats:
+                mean, std = stats["mean"], stats["std"]
+            return cls(
+                meta["fingerprint"],
+                LatentSpace.from_description(meta["space"]),
+                Schedule.from_description(meta["train_schedule"]),
+                bool(meta["hide"]),
+                mean.astype(np.float32),
+                std.astype(np.float32),
+            )
+        except (OSError, KeyError, ValueError) as error:
+            raise ValueError(f"cannot read the model info in {directory}: {error}") from error
+
+
+def fingerprint_of(*parts: bytes | str | dict) -> str:
+    """sha256 over byte strings, strings and JSON-able dicts (canonical JSON)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, dict):
+            part = json.dumps(part, sort_keys=True)
+        digest.update(part.encode() if isinstance(part, str) else part)
+    return digest.hexdigest()

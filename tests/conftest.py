@@ -1,0 +1,50 @@
+"""Shared fixtures: a model repository whose velocity engine is the exact Gaussian oracle, and a
+real embedded tritonserver serving it (127.0.0.1, free ports, stopped by PID)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import grouplat
+from grouplat.export.oracle import oracle_info, oracle_onnx
+from grouplat.export.repository import ServingOptions, write_repository
+from grouplat.server import EmbeddedServer
+
+ORACLE_SPACE = ((3, 16, 16), "dct", (30, 100, 200))  # the paper's groups, last boundary fitted to 16×16
+
+
+def make_oracle(seed: int = 0) -> grouplat.GaussianOracle:
+    space = grouplat.LatentSpace(*ORACLE_SPACE)
+    rng = np.random.default_rng(seed)
+    mean = 0.05 * rng.standard_normal(space.latent_shape)
+    std = rng.uniform(0.3, 1.5, space.latent_shape)
+    return grouplat.GaussianOracle(space, mean, std)
+
+
+def oracle_images(oracle: grouplat.GaussianOracle, n: int, seed: int = 1) -> np.ndarray:
+    """Oracle samples (clipped into [-1, 1], so still in the served image range)."""
+    return np.clip(oracle.sample(n, seed), -1, 1).astype(np.float32)
+
+
+def oracle_repository_at(path, options: ServingOptions | None = None, seed: int = 0):
+    oracle = make_oracle(seed)
+    info = oracle_info(oracle, grouplat.Schedule.from_cuts(grouplat.PAPER_TRAIN))
+    write_repository(path, info, oracle_onnx(oracle).SerializeToString(), options or ServingOptions())
+    return path
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    return make_oracle()
+
+
+@pytest.fixture(scope="session")
+def oracle_repository(tmp_path_factory):
+    return oracle_repository_at(tmp_path_factory.mktemp("oracle_repository"))
+
+
+@pytest.fixture(scope="session")
+def oracle_server(oracle_repository):
+    with EmbeddedServer(oracle_repository) as server:
+        yield server
