@@ -12,6 +12,8 @@ import sys
 
 # subcommand → module whose `register(subparsers)` adds it
 COMMANDS = {
+    "train": "grouplat.training.cli",
+    "export": "grouplat.export.cli",
     "serve": "grouplat.server",
 }
 

@@ -154,8 +154,12 @@ class OnnxVelocity:
     """The velocity engine in-process: ONNX Runtime on the CPU (or the providers given)."""
 
     def __init__(
-        self, path: str | Path, threads: int = 1, spinning: bool = False, providers: Sequence[str] = ()
-    ):
+        self,
+        model: str | Path | bytes,
+        threads: int = 1,
+        spinning: bool = False,
+        providers: Sequence[str] = (),
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -163,7 +167,8 @@ class OnnxVelocity:
         options.inter_op_num_threads = 1
         # Spin-waiting threads steal the cores that other instances need (measured: issue 4).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.session = ort.InferenceSession(str(path), options, providers=list(providers) or None)
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=list(providers) or None)
 
     def __call__(self, x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
         return self.session.run(["U"], {"X_T": x_t, "LEVELS": levels})[0]

@@ -1,0 +1,96 @@
+"""`grouplat export CKPT --repository DIR`: checkpoint → engine → Triton model repository."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from grouplat.solvers import SOLVERS
+
+
+def register(subparsers: Any) -> None:
+    from grouplat.export.repository import ENGINES, ServingOptions
+    from grouplat.serving import CALL_MODES
+
+    d = ServingOptions()
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to a Triton model repository",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="checkpoint directory (or a run directory: its newest checkpoint)")
+    p.add_argument("--repository", required=True, help="model repository to write or add a version to")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=d.engine,
+        help="python: ONNX Runtime inside the "
+        "embedded server; onnx / tensorrt: native backends of the NGC container",
+    )
+    p.add_argument(
+        "--velocity-call",
+        choices=CALL_MODES,
+        default=d.velocity_call,
+        help="how encode/decode/mix call the engine: in-process ONNX Runtime, or BLS through Triton",
+    )
+    p.add_argument("--steps", type=int, default=d.steps, help="default ODE steps per request")
+    p.add_argument("--solver", choices=SOLVERS, default=d.solver, help="default solver")
+    p.add_argument(
+        "--generate-schedule",
+        help="default generation schedule (cut points); "
+        "default: the paper's 0.1,0.2,0.3 for 4 groups, else the training schedule",
+    )
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="velocity engine's max batch")
+    p.add_argument("--request-batch", type=int, default=d.request_batch, help="max images per request")
+    p.add_argument("--threads", type=int, default=d.threads, help="ONNX Runtime intra-op threads")
+    p.add_argument("--spinning", action="store_true", help="let ONNX Runtime threads spin-wait")
+    p.add_argument("--queue-delay-us", type=int, default=d.queue_delay_us, help="dynamic batching delay")
+    p.add_argument("--version", type=int, help="version number to write (default: the next one)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing version")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from grouplat.export.engine import ParityError, check_parity, export_onnx, model_info
+    from grouplat.export.repository import ServingOptions, write_repository
+    from grouplat.export.tensorrt import TensorRTUnavailable, build_plan, write_record
+    from grouplat.training.checkpoint import load_checkpoint
+
+    started = time.perf_counter()
+    options = ServingOptions(
+        engine=args.engine,
+        velocity_call=args.velocity_call,
+        generate_schedule=args.generate_schedule,
+        steps=args.steps,
+        solver=args.solver,
+        max_batch=args.max_batch,
+        request_batch=args.request_batch,
+        queue_delay_us=args.queue_delay_us,
+        threads=args.threads,
+        spinning=args.spinning,
+    )
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        info = model_info(checkpoint)
+        options.check(info.space.k)
+        onnx_model = export_onnx(checkpoint.network, info)
+        error = check_parity(checkpoint.network, onnx_model, info)
+        plan, record = None, None
+        if args.engine == "tensorrt":
+            plan, record = build_plan(onnx_model, info, args.max_batch)
+        version = write_repository(args.repository, info, onnx_model, options, args.version, args.force, plan)
+        if record is not None:
+            write_record(Path(args.repository) / "velocity" / str(version), record)
+    except (ValueError, FileExistsError, ParityError, TensorRTUnavailable) as problem:
+        print(f"grouplat export: {problem}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - started
+    print(
+        f"grouplat: exported {checkpoint.path} (fingerprint {info.fingerprint[:12]}…) as version {version} "
+        f"of {args.repository} [{args.engine}, ONNX parity {error:.1e}, {seconds:.1f} s]"
+    )
+    return 0
