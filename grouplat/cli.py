@@ -15,6 +15,10 @@ COMMANDS = {
     "train": "grouplat.training.cli",
     "export": "grouplat.export.cli",
     "serve": "grouplat.server",
+    **{
+        name: "grouplat.client.cli"
+        for name in ("encode", "decode", "mix", "traverse", "interpolate", "variations", "reconstruct")
+    },
 }
 
 

@@ -1,0 +1,177 @@
+"""`Latents`: latent coefficients together with the model and settings that made them.
+
+A latent is only meaningful with the model that made it (DESIGN §2), so `Latents` carries the
+model's fingerprint, the latent layout (image shape, basis, groups) and the generation settings, and
+serializes all of it to the `grouplat.v1.LatentCode` protobuf (proto/latent.proto).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from grouplat.proto import FORMAT_VERSION, latent_pb2
+from grouplat.schedule import Schedule
+from grouplat.solvers import SOLVERS
+from grouplat.space import LatentSpace
+
+DTYPES = {"float32": latent_pb2.DTYPE_FLOAT32, "float16": latent_pb2.DTYPE_FLOAT16}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """ODE settings of an encode or decode: the server's `solver`, `steps` and `schedule` parameters."""
+
+    solver: str  # euler | heun | gei1 | gei2m
+    steps: int  # total ODE steps, split across the groups by the schedule
+    schedule: str  # generation cut points, e.g. "0.1,0.2,0.3"
+
+    def check(self, k: int) -> Settings:
+        """This, validated for a model with k groups (clear ValueErrors); the schedule normalized."""
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}: expected one of {', '.join(SOLVERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer) or self.steps < k:
+            raise ValueError(f"steps must be an integer of at least {k} (one per group), got {self.steps!r}")
+        schedule = Schedule.from_cuts(self.schedule, k)  # raises on a bad or wrong-length spec
+        cuts = schedule.cuts
+        return Settings(self.solver, int(self.steps), self.schedule.strip() if cuts is None else cuts)
+
+    def parameters(self) -> dict[str, str | int]:
+        """The per-request KServe parameters of the server's models."""
+        return {"solver": self.solver, "steps": self.steps, "schedule": self.schedule}
+
+
+@dataclass(frozen=True, eq=False)
+class Latents:
+    """B latents `values` (float32 [B, C, H·W]) of the model with fingerprint `fingerprint`.
+
+    `dtype` is how `to_bytes` stores the coefficients (`float16` halves the size; values are then
+    rounded to float16 when written). Compare two codes by their bytes.
+    """
+
+    values: np.ndarray
+    fingerprint: str
+    space: LatentSpace
+    settings: Settings
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        values = np.asarray(self.values, dtype=np.float32)
+        if values.ndim == 2:
+            values = values[None]
+        self.space.check_latents(values)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown latent dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        values = values.copy()
+        values.flags.writeable = False  # a code is a value: edits make new Latents (`replace`)
+        object.__setattr__(self, "values", values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Latents:
+        """A subset, still [B', C, H·W] (an integer index keeps a batch of one)."""
+        if isinstance(index, int | np.integer):
+            index = slice(int(index), int(index) + 1 if index != -1 else None)
+        return self.replace(self.values[index])
+
+    def replace(self, values: np.ndarray) -> Latents:
+        """New values (e.g. from `grouplat.mix(z.space, z.values, …)`), same model and settings."""
+        return Latents(values, self.fingerprint, self.space, self.settings, self.dtype)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Latents]) -> Latents:
+        """Join latents of one model along the batch axis."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        for part in parts[1:]:
+            if part.fingerprint != first.fingerprint or part.space != first.space:
+                raise ValueError("cannot concatenate latents of different models")
+        return first.replace(np.concatenate([p.values for p in parts]))
+
+    # -- wire format -------------------------------------------------------------------------
+    def to_proto(self) -> latent_pb2.LatentCode:
+        layout = self.space.describe()
+        boundaries = self.space.boundaries
+        return latent_pb2.LatentCode(
+            format_version=FORMAT_VERSION,
+            fingerprint=self.fingerprint,
+            image_shape=list(self.space.shape),
+            basis=layout["basis"],
+            group_boundaries=list(boundaries) if boundaries is not None else [],
+            group_of=[] if boundaries is not None else self.space.group_of.tolist(),
+            settings=latent_pb2.GenerationSettings(
+                solver=self.settings.solver, steps=self.settings.steps, schedule=self.settings.schedule
+            ),
+            dtype=DTYPES[self.dtype],
+            count=len(self.values),
+            coefficients=self.values.astype("<" + ("f4" if self.dtype == "float32" else "f2")).tobytes(),
+        )
+
+    @classmethod
+    def from_proto(cls, code: latent_pb2.LatentCode) -> Latents:
+        if code.format_version == 0 or code.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"latent code format version {code.format_version} is not one this grouplat reads "
+                f"(1..{FORMAT_VERSION}); a newer grouplat may read it"
+            )
+        names = {v: k for k, v in DTYPES.items()}
+        if code.dtype not in names:
+            raise ValueError(f"latent code has an unknown dtype ({code.dtype})")
+        if len(code.image_shape) != 3:
+            raise ValueError(f"latent code image shape must be [C, H, W], got {list(code.image_shape)}")
+        shape = [int(s) for s in code.image_shape]
+        groups: Any
+        if code.group_of:
+            group_of = np.asarray(code.group_of, dtype=np.int64)
+            if len(group_of) != shape[1] * shape[2]:
+                raise ValueError(f"latent code names groups for {len(group_of)} coefficients, not H·W")
+            groups = [np.flatnonzero(group_of == j).tolist() for j in range(int(group_of.max()) + 1)]
+        else:
+            groups = [int(b) for b in code.group_boundaries]
+        space = LatentSpace(shape, code.basis, groups)
+        dtype = names[code.dtype]
+        item = np.dtype("<" + ("f4" if dtype == "float32" else "f2"))
+        expected = code.count * space.channels * space.size * item.itemsize
+        if len(code.coefficients) != expected:
+            raise ValueError(
+                f"latent code holds {len(code.coefficients)} bytes of coefficients; "
+                f"{code.count} latents of {space.latent_shape} in {dtype} need {expected}"
+            )
+        values = np.frombuffer(code.coefficients, dtype=item).reshape(code.count, *space.latent_shape)
+        settings = Settings(code.settings.solver, int(code.settings.steps), code.settings.schedule)
+        return cls(values.astype(np.float32), code.fingerprint, space, settings, dtype)
+
+    def to_bytes(self) -> bytes:
+        """The serialized `grouplat.v1.LatentCode` (deterministic: same latents, same bytes)."""
+        return self.to_proto().SerializeToString(deterministic=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Latents:
+        code = latent_pb2.LatentCode()
+        try:
+            code.ParseFromString(data)
+        except Exception as e:  # google.protobuf.message.DecodeError
+            raise ValueError(f"not a grouplat latent code: {e}") from None
+        return cls.from_proto(code)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the code's bytes to `path` (by convention `*.latent`)."""
+        with open(path, "wb") as f:
+            f.write(self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Latents:
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read())
+
+    def __repr__(self) -> str:
+        fp = self.fingerprint[:12] + ("…" if len(self.fingerprint) > 12 else "")
+        return (
+            f"Latents({len(self)} × {self.space.latent_shape}, model {fp!r}, {self.space!r}, {self.settings})"
+        )

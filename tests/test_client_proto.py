@@ -1,0 +1,141 @@
+"""Wire formats: the checked-in protobuf code is current, and latent codes round-trip exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import grouplat
+from grouplat.client import Latents, Settings
+from grouplat.proto import FORMAT_VERSION, latent_pb2
+from grouplat.proto.generate import HERE, PROTOS
+
+FINGERPRINT = "ab" * 32
+SETTINGS = Settings("heun", 20, "0.1,0.2,0.3")
+
+
+def latents(n: int = 3, space: grouplat.LatentSpace | None = None, dtype: str = "float32") -> Latents:
+    space = space or grouplat.LatentSpace((3, 16, 16), "dct", (30, 100, 200))
+    values = np.random.default_rng(0).standard_normal((n, *space.latent_shape)).astype(np.float32)
+    return Latents(values, FINGERPRINT, space, SETTINGS, dtype)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("grpc_tools") is None, reason="grpcio-tools (the dev extra) is not installed"
+)
+def test_generated_code_is_current(tmp_path: Path) -> None:
+    from grouplat.proto.generate import generate
+
+    for made in generate(tmp_path):
+        checked_in = HERE / made.name
+        assert checked_in.read_text() == made.read_text(), (
+            f"{checked_in} is stale: run python -m grouplat.proto.generate"
+        )
+    assert PROTOS == ["latent.proto"]
+
+
+def test_generated_code_has_no_runtime_version_check() -> None:
+    # protoc ≥ 26 writes a check that refuses protobuf runtimes older than itself (the client extra
+    # allows protobuf 4.21+, and tritonclient 2.51 pins protobuf < 5).
+    assert "_runtime_version" not in (HERE / "latent_pb2.py").read_text()
+
+
+def test_code_fields_and_bytes_file_bytes(tmp_path: Path) -> None:
+    z = latents()
+    code = z.to_proto()
+    assert code.format_version == FORMAT_VERSION == 1
+    assert code.fingerprint == FINGERPRINT
+    assert list(code.image_shape) == [3, 16, 16] and code.basis == "dct"
+    assert list(code.group_boundaries) == [30, 100, 200] and not code.group_of
+    assert (code.settings.solver, code.settings.steps, code.settings.schedule) == ("heun", 20, "0.1,0.2,0.3")
+    assert code.dtype == latent_pb2.DTYPE_FLOAT32 and code.count == 3
+    assert code.coefficients == z.values.astype("<f4").tobytes()  # little-endian, row-major
+
+    data = z.to_bytes()
+    (tmp_path / "z.latent").write_bytes(data)
+    back = Latents.load(tmp_path / "z.latent")
+    assert back.to_bytes() == data  # bytes → file → bytes, exactly
+    np.testing.assert_array_equal(back.values, z.values)
+    assert back.fingerprint == z.fingerprint and back.space == z.space and back.settings == z.settings
+    z.save(tmp_path / "again.latent")
+    assert (tmp_path / "again.latent").read_bytes() == data
+
+
+def test_float16_storage_and_index_set_groups() -> None:
+    z = latents(dtype="float16")
+    back = Latents.from_bytes(z.to_bytes())
+    assert back.dtype == "float16" and back.values.dtype == np.float32
+    np.testing.assert_array_equal(back.values, z.values.astype(np.float16).astype(np.float32))
+    assert len(z.to_bytes()) < len(latents().to_bytes()) * 0.6
+    assert Latents.from_bytes(back.to_bytes()).to_bytes() == back.to_bytes()
+
+    quadrants = grouplat.LatentSpace((1, 8, 8), "pixel", grouplat.quadrant_groups(8, 8))
+    z = latents(2, quadrants)
+    code = z.to_proto()
+    assert not code.group_boundaries and len(code.group_of) == 64
+    back = Latents.from_bytes(z.to_bytes())
+    assert back.space == quadrants and back.to_bytes() == z.to_bytes()
+
+
+def test_slicing_and_concat_keep_the_model() -> None:
+    z = latents(4)
+    assert len(z[1]) == 1 and len(z[-1]) == 1 and len(z[1:3]) == 2
+    np.testing.assert_array_equal(z[-1].values[0], z.values[3])
+    joined = Latents.concat([z[0], z[1:]])
+    assert joined.to_bytes() == z.to_bytes()
+    with pytest.raises(ValueError, match="read-only"):
+        z.values[0, 0, 0] = 1.0
+    other = Latents(z.values, "cd" * 32, z.space, SETTINGS)
+    with pytest.raises(ValueError, match="different models"):
+        Latents.concat([z, other])
+
+
+def test_bad_codes_are_refused_clearly() -> None:
+    good = latents().to_proto()
+
+    def variant(**changes: object) -> bytes:
+        code = latent_pb2.LatentCode()
+        code.CopyFrom(good)
+        for name, value in changes.items():
+            if isinstance(value, list):
+                field = getattr(code, name)
+                del field[:]
+                field.extend(value)
+            else:
+                setattr(code, name, value)
+        return code.SerializeToString()
+
+    with pytest.raises(ValueError, match="format version 2"):
+        Latents.from_bytes(variant(format_version=2))
+    with pytest.raises(ValueError, match="format version 0"):
+        Latents.from_bytes(variant(format_version=0))
+    with pytest.raises(ValueError, match="bytes of coefficients"):
+        Latents.from_bytes(variant(count=4))
+    with pytest.raises(ValueError, match="unknown dtype"):
+        Latents.from_bytes(variant(dtype=7))
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        Latents.from_bytes(variant(image_shape=[16, 16]))
+    with pytest.raises(ValueError, match="boundaries"):
+        Latents.from_bytes(variant(group_boundaries=[100, 30]))
+    with pytest.raises(ValueError, match="not a grouplat latent code"):
+        Latents.from_bytes(b"\xff\xff\xff")
+    with pytest.raises(ValueError, match="expected latents"):
+        Latents(np.zeros((1, 3, 10), np.float32), FINGERPRINT, latents().space, SETTINGS)
+    with pytest.raises(ValueError, match="dtype"):
+        Latents(np.zeros((1, 3, 256), np.float32), FINGERPRINT, latents().space, SETTINGS, "int8")
+
+
+def test_settings_validation() -> None:
+    assert SETTINGS.check(4) == SETTINGS
+    assert Settings("euler", 8, "0.10, 0.2,0.3").check(4).schedule == "0.1,0.2,0.3"
+    with pytest.raises(ValueError, match="unknown solver 'rk4'"):
+        Settings("rk4", 20, "0.1,0.2,0.3").check(4)
+    with pytest.raises(ValueError, match="at least 4"):
+        Settings("heun", 2, "0.1,0.2,0.3").check(4)
+    with pytest.raises(ValueError, match="3 cut points"):
+        Settings("heun", 20, "0.1,0.2").check(4)
+    with pytest.raises(ValueError, match="increase strictly"):
+        Settings("heun", 20, "0.3,0.2,0.1").check(4)
