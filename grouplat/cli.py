@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "grouplat.training.cli",
     "export": "grouplat.export.cli",
     "serve": "grouplat.server",
+    "demo": "grouplat.demo",
     **{
         name: "grouplat.client.cli"
         for name in ("encode", "decode", "mix", "traverse", "interpolate", "variations", "reconstruct")
