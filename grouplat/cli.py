@@ -16,6 +16,7 @@ COMMANDS = {
     "export": "grouplat.export.cli",
     "serve": "grouplat.server",
     "demo": "grouplat.demo",
+    "evaluate": "grouplat.evaluation.cli",
     **{
         name: "grouplat.client.cli"
         for name in ("encode", "decode", "mix", "traverse", "interpolate", "variations", "reconstruct")

@@ -170,7 +170,7 @@ def solve(
             raise ValueError(f"solver {solver!r} needs the data mean and std of every coefficient")
         mean, std = (np.broadcast_to(v, space.latent_shape) for v in (mean, std))
         gaussian = [GaussianPart(mean[:, ix], std[:, ix]) for ix in map(space.indices, range(1, space.k + 1))]
-    x = np.array(latents, dtype=np.float32)
+    x = np.array(latents, dtype=np.float32, order="C")  # one layout: results bit-identical
     batch = len(x)
     hidden = [schedule.hidden[j][space.group_of] for j in range(space.k)]  # per phase, [H·W]
 
