@@ -1,6 +1,7 @@
 """Velocity engine speed (issue 4): ONNX Runtime vs PyTorch eager for the shapes32 and ffhq64
 networks at batch 1 and 8 (medians of interleaved runs), export time, and the ONNX Runtime CPU
 settings (intra-op threads, spin-waiting) alone and with two instances sharing the cores.
+`grouplat bench` covers batch 1, the ODE loops and serving; this script the engine settings.
 
     python benchmarks/engine.py [--repeats 9] [--out engine.json]
 """
@@ -18,32 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-import grouplat
+from grouplat.bench import RESOLUTION, random_network
 from grouplat.export.engine import export_onnx
 from grouplat.modelinfo import ModelInfo
 from grouplat.serving import OnnxVelocity
-from grouplat.training.networks import build_network
-from grouplat.training.presets import PRESETS
 
-NETS = {"shapes32": 32, "ffhq64": 64}  # preset → resolution
+NETS = RESOLUTION  # preset → resolution
 SETTINGS = [(1, False), (2, False), (1, True), (2, True)]  # (intra-op threads, spinning)
 
 
 def network_and_info(preset: str) -> tuple[torch.nn.Module, ModelInfo]:
-    size = NETS[preset]
-    space = grouplat.LatentSpace((3, size, size), "dct", grouplat.PAPER_BOUNDARIES)
-    config = {
-        **PRESETS[preset]["network"],
-        "channels": 3,
-        "resolution": [size, size],
-        "levels": 4,
-        "dropout": 0.0,
-    }
-    torch.manual_seed(0)
-    network = build_network(config).eval()
-    ones = np.ones(space.latent_shape, np.float32)
-    schedule = grouplat.Schedule.from_cuts(grouplat.PAPER_TRAIN)
-    return network, ModelInfo(preset, space, schedule, True, 0 * ones, ones)
+    return random_network(preset)  # the same nets `grouplat bench` times
 
 
 def timed(run: Any) -> float:

@@ -17,6 +17,9 @@ COMMANDS = {
     "serve": "grouplat.server",
     "demo": "grouplat.demo",
     "evaluate": "grouplat.evaluation.cli",
+    "bench": "grouplat.bench",
+    "perf-analyzer": "grouplat.perf_analyzer",
+    "perf-inputs": "grouplat.perf_analyzer",
     **{
         name: "grouplat.client.cli"
         for name in ("encode", "decode", "mix", "traverse", "interpolate", "variations", "reconstruct")
