@@ -156,14 +156,18 @@ def _status(error: InferenceServerException) -> str:
 
 
 def _retryable(error: InferenceServerException) -> bool:
-    """UNAVAILABLE, or Triton's NOT_FOUND for a model that is unloading ("has no available versions").
+    """UNAVAILABLE, CANCELLED, or Triton's NOT_FOUND for a model that is unloading.
 
-    A Triton server that is shutting down unloads its models before it closes its port, and answers
-    NOT_FOUND in between (measured: about 1 s of a 3.5 s graceful stop); a restart is transient, so
-    that answer is retried like UNAVAILABLE. An unknown model name ("… is not found") is not.
+    A Triton server that is shutting down cancels the requests in flight (seen about once in ten
+    restarts) and unloads its models before it closes its port, answering NOT_FOUND "has no
+    available versions" in between (measured: about 1 s of a 3.5 s graceful stop). A restart is
+    transient and every model is deterministic, so those are retried like UNAVAILABLE. An unknown
+    model name ("… is not found") is not.
     """
     status = _status(error)
-    return status == "UNAVAILABLE" or (status == "NOT_FOUND" and UNLOADING in str(error.message()))
+    return status in ("UNAVAILABLE", "CANCELLED") or (
+        status == "NOT_FOUND" and UNLOADING in str(error.message())
+    )
 
 
 class _Deadline:

@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": "grouplat.server",
     "demo": "grouplat.demo",
     "evaluate": "grouplat.evaluation.cli",
+    "batch": "grouplat.client.batch.cli",
     "bench": "grouplat.bench",
     "perf-analyzer": "grouplat.perf_analyzer",
     "perf-inputs": "grouplat.perf_analyzer",
