@@ -1,0 +1,1 @@
+"""Training: group-conditioned velocity networks, data, loss, trainer, checkpoints and `grouplat train`."""

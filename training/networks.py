@@ -1,0 +1,276 @@
+"""Group-conditioned velocity networks (DESIGN §1): `f_θ(x_t, levels) → [B, C, H, W]`.
+
+A DDPM++-style U-Net after EDM's SongUNet, and a small MLP for 2-D point data. Both see the k
+group levels — never t — through one embedding that is added in every block. Export-friendly:
+no data-dependent Python control flow, static shapes except the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# ----------------------------------------------------------------------------
+# Layers with EDM's initialization (xavier-uniform, scaled; near-zero for the last layer of a
+# residual branch so that every block starts as the identity).
+
+
+def _init(layer: nn.Conv2d | nn.Linear, weight: float = 1.0) -> nn.Module:
+    nn.init.xavier_uniform_(layer.weight, gain=weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def conv(cin: int, cout: int, kernel: int, weight: float = 1.0) -> nn.Module:
+    return _init(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), weight)
+
+
+def linear(cin: int, cout: int, weight: float = 1.0) -> nn.Module:
+    return _init(nn.Linear(cin, cout), weight)
+
+
+def group_norm(channels: int, eps: float = 1e-6) -> nn.GroupNorm:
+    """EDM's GroupNorm: up to 32 groups, at least 4 channels per group (and a divisor of channels)."""
+    return nn.GroupNorm(math.gcd(channels, max(1, min(32, channels // 4))), channels, eps=eps)
+
+
+# ----------------------------------------------------------------------------
+# Level embedding: the network's only conditioning.
+
+
+class LevelEmbedding(nn.Module):
+    """Levels [B, k] (α_j in [0, 1], or −1 for a hidden group) → embedding [B, channels].
+
+    Per group: α, a hidden flag, and `frequencies` smooth features sin/cos(nπα), n = 1…F, then a
+    2-layer MLP. Low frequencies only: high-frequency Fourier features of log(1−α) made the
+    prototype's network rough near α = 1 (DESIGN §1).
+    """
+
+    freqs: torch.Tensor
+
+    def __init__(self, levels: int, channels: int, frequencies: int = 4) -> None:
+        super().__init__()
+        self.register_buffer("freqs", math.pi * torch.arange(1, frequencies + 1.0), persistent=False)
+        self.layer0 = linear(levels * (2 + 2 * frequencies), channels)
+        self.layer1 = linear(channels, channels)
+
+    def forward(self, levels: torch.Tensor) -> torch.Tensor:
+        hidden = (levels < 0).to(levels.dtype)
+        alpha = levels.clamp(0, 1)
+        angles = alpha[..., None] * self.freqs.to(levels.dtype)  # [B, k, F]
+        visible = (1 - hidden)[..., None]
+        features = torch.cat(
+            [alpha, hidden, (angles.sin() * visible).flatten(1), (angles.cos() * visible).flatten(1)], dim=1
+        )
+        return F.silu(self.layer1(F.silu(self.layer0(features))))
+
+
+# ----------------------------------------------------------------------------
+# U-Net block: GroupNorm + SiLU residual block with optional 2× resampling and self-attention.
+
+
+class UNetBlock(nn.Module):
+    """EDM's UNetBlock in its DDPM++ setting (additive embedding, resample_proj, one head)."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        emb_channels: int,
+        up: bool = False,
+        down: bool = False,
+        attention: bool = False,
+        dropout: float = 0.0,
+        skip: bool = False,  # concatenate a U-Net skip connection in front (decoder)
+    ) -> None:
+        super().__init__()
+        self.cin, self.cout, self.up, self.down, self.takes_skip = cin, cout, up, down, skip
+        self.dropout = dropout
+        self.skip_scale = math.sqrt(0.5)
+        self.norm0 = group_norm(cin)
+        self.conv0 = conv(cin, cout, 3)
+        self.affine = linear(emb_channels, cout)
+        self.norm1 = group_norm(cout)
+        self.conv1 = conv(cout, cout, 3, weight=1e-5)
+        self.skip = conv(cin, cout, 1) if (cin != cout or up or down) else None
+        self.attention = attention
+        if attention:
+            self.norm2 = group_norm(cout)
+            self.qkv = conv(cout, 3 * cout, 1, weight=math.sqrt(0.2))
+            self.proj = conv(cout, cout, 1, weight=1e-5)
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
+        """EDM's [1, 1] filter: nearest-neighbour 2× up, 2×2 box 2× down."""
+        if self.up:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if self.down:
+            x = F.avg_pool2d(x, 2)
+        return x
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        orig = x
+        x = self.conv0(self.resample(F.silu(self.norm0(x))))
+        x = F.silu(self.norm1(x + self.affine(emb)[:, :, None, None].to(x.dtype)))
+        x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
+        shortcut = self.resample(orig)
+        x = (x + (self.skip(shortcut) if self.skip is not None else shortcut)) * self.skip_scale
+        if self.attention:
+            b, c, h, w = x.shape
+            q, k, v = self.qkv(self.norm2(x)).reshape(b, c, 3, h * w).unbind(2)
+            weights = torch.einsum("ncq,nck->nqk", q.float(), k.float() / math.sqrt(c)).softmax(dim=2)
+            a = torch.einsum("nqk,nck->ncq", weights.to(v.dtype), v)
+            x = (self.proj(a.reshape(b, c, h, w)) + x) * self.skip_scale
+        return x
+
+
+# ----------------------------------------------------------------------------
+# The networks.
+
+
+class UNet(nn.Module):
+    """DDPM++ U-Net (EDM's SongUNet, standard encoder/decoder) conditioned on group levels.
+
+    Resolutions are counted on the image height; attention runs where `H >> level` is in
+    `attn_resolutions`, and always once at the lowest resolution (as in SongUNet's decoder).
+    """
+
+    def __init__(
+        self,
+        channels: int,  # image channels C (in and out)
+        resolution: Sequence[int],  # image size (H, W); each must divide by 2^(levels−1)
+        levels: int,  # k, the number of groups (length of the level vector)
+        model_channels: int = 128,  # base channel count
+        channel_mult: Sequence[int] = (1, 2, 2, 2),  # per-resolution channel multipliers
+        channel_mult_emb: int = 4,  # embedding width = model_channels × this
+        num_blocks: int = 4,  # residual blocks per resolution
+        attn_resolutions: Sequence[int] = (16,),  # resolutions (height) with self-attention
+        dropout: float = 0.10,  # dropout probability inside the blocks
+        level_frequencies: int = 4,  # sin/cos features per level (LevelEmbedding)
+    ) -> None:
+        super().__init__()
+        height, width = (int(r) for r in resolution)
+        scale = 2 ** (len(channel_mult) - 1)
+        if height % scale or width % scale:
+            raise ValueError(
+                f"a U-Net with {len(channel_mult)} resolutions needs an image size "
+                f"divisible by {scale}, got {height}×{width}"
+            )
+        emb = model_channels * channel_mult_emb
+        self.map_levels = LevelEmbedding(levels, emb, level_frequencies)
+        block = functools.partial(UNetBlock, emb_channels=emb, dropout=dropout)
+
+        self.enc = nn.ModuleDict()
+        cout = model_channels
+        self.enc_in = conv(channels, cout, 3)
+        skips = [cout]
+        for level, mult in enumerate(channel_mult):
+            res = height >> level
+            if level > 0:
+                self.enc[f"{res}_down"] = block(cout, cout, down=True)
+                skips.append(cout)
+            for idx in range(num_blocks):
+                cin, cout = cout, model_channels * mult
+                self.enc[f"{res}_block{idx}"] = block(cin, cout, attention=res in attn_resolutions)
+                skips.append(cout)
+
+        self.dec = nn.ModuleDict()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            res = height >> level
+            if level == len(channel_mult) - 1:
+                self.dec[f"{res}_in0"] = block(cout, cout, attention=True)
+                self.dec[f"{res}_in1"] = block(cout, cout)
+            else:
+                self.dec[f"{res}_up"] = block(cout, cout, up=True)
+            for idx in range(num_blocks + 1):
+                cin, cout = cout + skips.pop(), model_channels * mult
+                attn = idx == num_blocks and res in attn_resolutions
+                self.dec[f"{res}_block{idx}"] = block(cin, cout, attention=attn, skip=True)
+        self.out_norm = group_norm(cout)
+        self.out_conv = conv(cout, channels, 3, weight=1e-5)
+
+    def forward(self, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        emb = self.map_levels(levels)
+        x = self.enc_in(x)
+        skips = [x]
+        for block in self.enc.values():
+            x = block(x, emb)
+            skips.append(x)
+        for block in self.dec.values():
+            if block.takes_skip:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = block(x, emb)
+        return self.out_conv(F.silu(self.out_norm(x)))
+
+
+class PointMLP(nn.Module):
+    """Residual MLP for point data (an "image" of shape (C, H, W) = (1, 1, d), pixel basis)."""
+
+    def __init__(
+        self,
+        channels: int,  # C (1 for points)
+        resolution: Sequence[int],  # (H, W) = (1, d) for d-dimensional points
+        levels: int,  # k, the number of groups
+        hidden: int = 256,  # width of every layer
+        layers: int = 4,  # residual layers
+        level_frequencies: int = 4,  # sin/cos features per level (LevelEmbedding)
+    ) -> None:
+        super().__init__()
+        self.shape = (channels, *(int(r) for r in resolution))
+        dim = math.prod(self.shape)
+        self.map_levels = LevelEmbedding(levels, hidden, level_frequencies)
+        self.inp = linear(dim, hidden)
+        self.affine = nn.ModuleList(linear(hidden, hidden) for _ in range(layers))
+        self.layers = nn.ModuleList(linear(hidden, hidden) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.out = linear(hidden, dim, weight=1e-5)
+
+    def forward(self, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        emb = self.map_levels(levels)
+        h = self.inp(x.flatten(1))
+        for affine, layer in zip(self.affine, self.layers):
+            h = h + layer(F.silu(h + affine(emb)))
+        return self.out(F.silu(self.norm(h))).reshape(x.shape)
+
+
+ARCHITECTURES = {"unet": UNet, "mlp": PointMLP}
+
+
+def build_network(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a network from its JSON config (`{"arch": "unet" | "mlp", ...keyword args}`).
+
+    The checkpoint stores exactly this config, so export and serving rebuild the same module.
+    """
+    config = dict(config)
+    arch = config.pop("arch", None)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown network architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    try:
+        net = ARCHITECTURES[arch](**config)
+    except TypeError as error:
+        raise ValueError(f"bad {arch} network config {config}: {error}") from None
+    net.config = {"arch": arch, **config}  # type: ignore[assignment]
+    return net
+
+
+def numpy_velocity(net: nn.Module, max_batch: int = 256) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Wrap a network as the core solvers' velocity callable (numpy in and out, no gradients)."""
+    device = next(net.parameters()).device
+
+    def velocity(x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, len(x_t), max_batch):
+                x = torch.as_tensor(np.asarray(x_t[start : start + max_batch], np.float32), device=device)
+                a = torch.as_tensor(np.asarray(levels[start : start + max_batch], np.float32), device=device)
+                outputs.append(net(x, a).float().cpu().numpy())
+        return np.concatenate(outputs)
+
+    return velocity
