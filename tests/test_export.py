@@ -155,3 +155,14 @@ def test_tensorrt_without_tensorrt_or_gpu_says_so(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "TensorRT is not installed" in err or "no CUDA GPU" in err
     assert not (tmp_path / "repo").exists()
+
+
+def test_released_checkpoint_keeps_the_model_without_the_raw_weights(checkpoint, tmp_path):
+    from grouplat.training.checkpoint import read_tensors, release_checkpoint
+
+    released = load_checkpoint(release_checkpoint(checkpoint, tmp_path / "release"))
+    original = load_checkpoint(checkpoint)
+    assert released.fingerprint == original.fingerprint
+    assert not any(k.startswith("raw.") for k in read_tensors(tmp_path / "release" / "model.safetensors"))
+    x, levels = parity_inputs(model_info(original), 2)
+    np.testing.assert_array_equal(released.velocity()(x, levels), original.velocity()(x, levels))

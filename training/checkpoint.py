@@ -114,6 +114,19 @@ def save_checkpoint(
     return metadata
 
 
+def release_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """The shipped form of a checkpoint: EMA weights, data statistics and metadata only (no raw
+    weights, no optimizer), half the size. Its fingerprint is unchanged; it loads but cannot resume."""
+    root = resolve_checkpoint(source)
+    text = (root / METADATA).read_text()
+    kept = {k: v for k, v in read_tensors(root / MODEL).items() if not k.startswith("raw.")}
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(kept, str(target / MODEL), metadata={"format": FORMAT, "grouplat": text.strip()})
+    (target / METADATA).write_text(text)
+    return target
+
+
 @dataclass
 class Checkpoint:
     """A loaded model: everything encode / decode / export need."""
