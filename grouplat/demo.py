@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     n = 4 if args.quick else 8
     started = time.perf_counter()
     figures: list[Path] = []
-    bar = tqdm(total=11, unit="figure", desc="grouplat demo")
+    bar = tqdm(total=10, unit="step", desc="grouplat demo")  # the repository, then 9 figures
 
     def save(name: str, rows: np.ndarray) -> None:
         picture = grid(rows)
