@@ -407,7 +407,7 @@ def headline(results: dict[str, Any], first_variant: str, load_ops: Sequence[str
         "what": f"NFE for round-trip PSNR ≥ {P4_TARGET_DB:g} dB, Euler vs Heun, {net_name}",
     }
     if p4 is None:
-        ratios["P4"]["note"] = "n/a: random weights (pass --checkpoint with a trained demo model)"
+        ratios["P4"]["note"] = "n/a: not measured (random weights or --no-p4)"
     for key, ratio in ratios.items():
         ratio["goal"] = GOALS[key]
     return ratios
