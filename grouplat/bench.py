@@ -127,10 +127,7 @@ def round_trip_nfe(
     """P4: per solver, the least NFE on `ladder` whose encode → decode round trip reaches `target_db`,
     the round-trip PSNR at each NFE tried, and the one-way decode PSNR at the NFE found (against a
     `reference_steps` Heun decode of the reference latents): the round trip flatters the solver."""
-    solve: dict[str, Any] = dict(
-        space=info.space, schedule=schedule, std=info.std, mean=info.mean, hide=info.hide
-    )
-    reference = dict(solve, steps=reference_steps, solver="heun")
+    reference = info.solve_args(schedule, reference_steps, "heun")
     z = grouplat.encode(velocity, images, **reference)
     decoded = grouplat.decode(velocity, z, **reference)
     out: dict[str, Any] = {"target_db": target_db, "images": len(images), "reference_steps": reference_steps}
@@ -139,7 +136,7 @@ def round_trip_nfe(
         found: int | None = None
         one_way: float | None = None
         for steps in (s for s in ladder if s >= info.space.k):
-            kw = dict(solve, steps=steps, solver=solver)
+            kw = info.solve_args(schedule, steps, solver)
             back = grouplat.decode(velocity, grouplat.encode(velocity, images, **kw), **kw)
             nfe = steps * NFE_PER_STEP[solver]
             curve[nfe] = round(psnr(back, images), 2)
@@ -256,8 +253,7 @@ def bench_net(net: Net, variants: dict[str, dict[str, Any]], args: argparse.Name
         for name, overrides in variants.items()
     }
     schedule = default_generate_schedule(info, ServingOptions())
-    solve: dict[str, Any] = dict(space=space, schedule=schedule, steps=args.steps, solver=args.solver)
-    solve.update(std=info.std, mean=info.mean, hide=info.hide)
+    solve = info.solve_args(schedule, args.steps, args.solver)
     engine = OnnxVelocity(net.onnx, threads=threads)  # the in-process loop: all cores, as PyTorch
     eager = numpy_velocity(net.network)
     images = held_out_shapes(2, space.shape)

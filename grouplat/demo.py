@@ -197,15 +197,7 @@ def solver_settings(info: Any, options: Any) -> dict[str, Any]:
     """The settings the served models use by default, for the in-process figures."""
     from grouplat.export.repository import default_generate_schedule
 
-    return {
-        "space": info.space,
-        "schedule": default_generate_schedule(info, options),
-        "steps": options.steps,
-        "solver": options.solver,
-        "std": info.std,
-        "mean": info.mean,
-        "hide": info.hide,
-    }
+    return dict(info.solve_args(default_generate_schedule(info, options), options.steps, options.solver))
 
 
 def sequential_states(engine: Any, latents: np.ndarray, info: Any, options: Any) -> np.ndarray:

@@ -45,6 +45,22 @@ class ModelInfo:
         if not (np.isfinite(self.std).all() and (self.std > 0).all()):
             raise ValueError("data std must be finite and positive")
 
+    def solve_args(
+        self, schedule: Schedule, steps: int, solver: str = "heun", spacing: str = "tau"
+    ) -> dict[str, Any]:
+        """Keyword arguments of `grouplat.encode` / `decode` for this model: its latent space, data
+        statistics and hiding, with the given generation settings."""
+        return {
+            "space": self.space,
+            "schedule": schedule,
+            "steps": steps,
+            "solver": solver,
+            "spacing": spacing,
+            "std": self.std,
+            "mean": self.mean,
+            "hide": self.hide,
+        }
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready metadata (without the stats arrays)."""
         return {

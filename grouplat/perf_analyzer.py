@@ -258,14 +258,12 @@ def write_inputs(
         grouplat.decode(
             velocity,
             latents,
-            space,
-            Schedule.parse(params["generate_schedule"], space.k),
-            steps,
-            solver,
-            params.get("spacing", "tau"),
-            std=info.std,
-            mean=info.mean,
-            hide=info.hide,
+            **info.solve_args(
+                Schedule.parse(params["generate_schedule"], space.k),
+                steps,
+                solver,
+                params.get("spacing", "tau"),
+            ),
         )
     picks = np.linspace(0, len(recorded) - 1, velocity_count).round().astype(int)
     groups = np.eye(space.k, dtype=bool)

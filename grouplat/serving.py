@@ -129,17 +129,8 @@ class Orchestrator:
 
     def run(self, operation: str, inputs: dict[str, np.ndarray], settings: Settings) -> np.ndarray:
         """One batched solve for already validated inputs."""
-        solve: dict[str, Any] = {
-            "velocity": self.velocity,
-            "space": self.space,
-            "schedule": settings.schedule,
-            "steps": settings.steps,
-            "solver": settings.solver,
-            "spacing": settings.spacing,
-            "std": self.info.std,
-            "mean": self.info.mean,
-            "hide": self.info.hide,
-        }
+        solve = self.info.solve_args(settings.schedule, settings.steps, settings.solver, settings.spacing)
+        solve["velocity"] = self.velocity
         if operation == "encode":
             return encode(images=inputs["IMAGE"], **solve)
         if operation == "decode":
