@@ -4,9 +4,32 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
 from grouplat.space import LatentSpace
+
+Array = TypeVar("Array")  # numpy arrays and torch tensors alike: only arithmetic is used
+
+
+def gaussian_velocity(x: Array, alpha: Array, mean: Array, var: Array) -> Array:
+    """The exact `u = E[x̄ − z̄ | x̄_t]` for `x̄ ~ N(mean, var)` at level α, elementwise:
+
+        u = μ + (α σ² − (1 − α)) / (α² σ² + (1 − α)²) · (x̄_t − α μ)
+
+    Plain arithmetic, so training (torch) and the solvers (numpy) share this one formula.
+    """
+    gain = (alpha * var - (1 - alpha)) / (alpha**2 * var + (1 - alpha) ** 2)  # type: ignore[operator]
+    return mean + gain * (x - alpha * mean)  # type: ignore[operator]
+
+
+def gaussian_residual_scale(alpha: Array, var: Array) -> Array:
+    """The std of `x̄ − z̄` given `x̄_t` under the same Gaussian: `σ / sqrt(α² σ² + (1 − α)²)`.
+
+    It is 1 at α = 1 and σ at α = 0: the natural size of what a network adds to `u`.
+    """
+    return (var / (alpha**2 * var + (1 - alpha) ** 2)) ** 0.5  # type: ignore[operator]
 
 
 class GaussianOracle:
@@ -29,9 +52,7 @@ class GaussianOracle:
         Hidden levels (−1) are read as 0: a hidden group is pure noise, and its u is never used.
         """
         alpha = np.clip(np.asarray(levels, np.float64), 0.0, 1.0)[:, self.space.group_of][:, None]
-        mu, var = self.mean, self.std**2
-        gain = (alpha * var - (1 - alpha)) / (alpha**2 * var + (1 - alpha) ** 2)
-        return mu + gain * (latents - alpha * mu)
+        return gaussian_velocity(latents, alpha, self.mean, self.std**2)
 
     def __call__(self, x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
         latents = self.space.to_latent(np.asarray(x_t, np.float64))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from grouplat.oracle import gaussian_velocity
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
 
@@ -130,8 +131,7 @@ class GaussianPart:
         return np.arcsinh(((1 + self.var) * alpha - 1) / np.sqrt(self.var)) / root
 
     def residual(self, x: np.ndarray, u: np.ndarray, alpha: float) -> np.ndarray:
-        gain = (alpha * self.var - (1 - alpha)) / self.scale(alpha) ** 2
-        return u - (self.mean + gain * (x - alpha * self.mean))
+        return u - gaussian_velocity(x, alpha, self.mean, self.var)
 
     def advance(self, x: np.ndarray, residual: np.ndarray, alpha: float, to: float) -> np.ndarray:
         """Exact Gaussian transport from α to `to`, with the residual held constant in τ."""

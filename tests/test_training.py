@@ -107,6 +107,50 @@ def test_networks_take_levels_with_hidden_groups() -> None:
         build_network({**net.config, "resolution": [15, 16]})
 
 
+def test_an_untrained_gaussian_residual_network_is_the_gaussian_predictor() -> None:
+    """residual="gaussian": u = u_g + r ⊙ Uᵀnet; with the net's output zeroed, exactly the oracle."""
+    from grouplat import GaussianOracle
+
+    rng = np.random.default_rng(0)
+    mean = rng.normal(0, 0.5, SPACE.latent_shape).astype(np.float32)
+    std = rng.uniform(0.05, 3, SPACE.latent_shape).astype(np.float32)
+    net = build_network({**tiny_net().config, "residual": "gaussian"}, SPACE, mean, std)
+    torch.nn.init.zeros_(net.net.out_conv.weight)
+    torch.nn.init.zeros_(net.net.out_conv.bias)
+    x = rng.standard_normal((5, *SPACE.shape)).astype(np.float32)
+    levels = SCHEDULE.conditioning(rng.random(5))
+    expected = GaussianOracle(SPACE, mean, std)(x, levels)
+    got = net(torch.as_tensor(x), torch.as_tensor(levels)).detach().numpy()
+    assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()  # float32 vs float64
+    with pytest.raises(ValueError, match="data mean/std"):
+        build_network({**tiny_net().config, "residual": "gaussian"})
+    with pytest.raises(ValueError, match="unknown network residual"):
+        build_network({**tiny_net().config, "residual": "edm"}, SPACE, mean, std)
+
+
+def test_phase_times_give_every_group_an_equal_share() -> None:
+    from grouplat.training.loss import draw_times
+
+    t = draw_times(SCHEDULE, "phase", np.random.default_rng(0), 40_000)
+    share = np.bincount(SCHEDULE.active(t), minlength=4) / len(t)
+    assert np.abs(share - 0.25).max() < 0.01  # under "schedule", S1 would get 10% (0.9..1)
+    t = draw_times(SCHEDULE, "schedule", np.random.default_rng(0), 40_000)
+    assert abs(np.mean(SCHEDULE.active(t) == 0) - 0.1) < 0.01
+    with pytest.raises(ValueError, match="unknown time sampling"):
+        draw_times(SCHEDULE, "log", np.random.default_rng(0), 3)
+
+
+def test_group_weighting_makes_each_phase_its_groups_mean() -> None:
+    images, t, noise = fixed_batch(8)
+    net = tiny_net()
+    uniform, stats = GroupedFlowLoss(SPACE, SCHEDULE, weighting="uniform")(net, images, t, noise, True)
+    group, _ = GroupedFlowLoss(SPACE, SCHEDULE, weighting="group")(net, images, t, noise)
+    sizes = np.bincount(SPACE.group_of, minlength=4)[stats["group"]]
+    np.testing.assert_allclose(
+        group.detach().numpy(), uniform.detach().numpy() * SPACE.size / sizes, rtol=1e-5
+    )
+
+
 @pytest.mark.parametrize("weighting", ["paper", "uniform"])
 def test_loss_weights_only_the_active_group(weighting: str) -> None:
     """Perturbing the network output outside the active group changes nothing; inside, it does."""

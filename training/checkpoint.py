@@ -185,23 +185,28 @@ def load_checkpoint(path: str | Path, weights: str = "ema", device: str | torch.
     try:
         space = LatentSpace.from_description(metadata["space"])
         schedule = Schedule.from_description(metadata["schedule"])
-        network = build_network(metadata["network"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"inconsistent checkpoint metadata in {str(where)!r}: {error}") from None
     tensors = read_tensors(root / MODEL)
-    state = {k[len(weights) + 1 :]: v for k, v in tensors.items() if k.startswith(weights + ".")}
-    try:
-        network.load_state_dict(state, strict=True)
-        mean, std = tensors["data_mean"].numpy(), tensors["data_std"].numpy()
-    except (KeyError, RuntimeError) as error:
-        raise ValueError(
-            f"{str(root / MODEL)!r} does not match its metadata's network: {str(error).splitlines()[0]}"
-        ) from None
+    if "data_mean" not in tensors or "data_std" not in tensors:
+        raise ValueError(f"{str(root / MODEL)!r} has no data statistics (data_mean, data_std)")
+    mean, std = tensors["data_mean"].numpy(), tensors["data_std"].numpy()
     if mean.shape != space.latent_shape or std.shape != space.latent_shape:
         raise ValueError(
             f"{str(root / MODEL)!r}: data statistics have shape {mean.shape}, "
             f"the latent space needs {space.latent_shape}"
         )
+    try:
+        network = build_network(metadata["network"], space, mean, std)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"inconsistent checkpoint metadata in {str(where)!r}: {error}") from None
+    state = {k[len(weights) + 1 :]: v for k, v in tensors.items() if k.startswith(weights + ".")}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{str(root / MODEL)!r} does not match its metadata's network: {str(error).splitlines()[0]}"
+        ) from None
     actual = _verify(root, metadata, weights, state, mean, std)
     network.eval().requires_grad_(False).to(device)
     return Checkpoint(root, metadata, space, schedule, network, mean, std, actual)

@@ -42,6 +42,7 @@ NETWORK_FLAGS = {
     "dropout": "dropout",
     "hidden": "hidden",
     "layers": "layers",
+    "residual": "residual",
 }
 
 
@@ -104,8 +105,15 @@ def register(subparsers: Any) -> None:
     )
     g.add_argument(
         "--weighting",
-        choices=["paper", "uniform"],
-        help="loss weight: paper = α'(t)² of Eq. 7, uniform = 1 on the active group",
+        choices=["paper", "uniform", "group"],
+        help="loss weight: paper = α'(t)² of Eq. 7, uniform = 1 on the active group, "
+        "group = 1/|S_j| on the active group (each phase weighs the same)",
+    )
+    g.add_argument(
+        "--times",
+        choices=["schedule", "phase"],
+        help="training times: schedule = t ~ U(0,1) under the training schedule (the paper's), "
+        "phase = a group uniformly, then t inside its interval",
     )
     n = p.add_argument_group("network")
     n.add_argument("--arch", choices=["unet", "mlp"], help="network type (default: unet; mlp for points)")
@@ -118,6 +126,12 @@ def register(subparsers: Any) -> None:
     n.add_argument("--dropout", type=float, help="U-Net dropout probability")
     n.add_argument("--hidden", type=int, help="MLP width")
     n.add_argument("--layers", type=int, help="MLP residual layers")
+    n.add_argument(
+        "--residual",
+        choices=["none", "gaussian"],
+        help="gaussian: the network adds to the data's per-coefficient Gaussian velocity (EDM-style "
+        "skip per coefficient); none: it predicts the whole velocity",
+    )
     o = p.add_argument_group("optimization")
     o.add_argument("--steps", type=int, help="total optimizer steps")
     o.add_argument("--batch", type=int, help="global batch size (all processes together)")

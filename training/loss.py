@@ -3,10 +3,14 @@
     t ~ U(0, 1) under the training schedule,  z̄ ~ N(0, I),  x̄_t = α(t) ⊙ x̄ + (1 − α(t)) ⊙ z̄
     loss = w(t) ⊙ (x̄ − z̄ − Uᵀ f_θ(U(m ⊙ x̄_t), a(t)))²
 
-`w` is α'(t)² (`paper`) or 1 on the active group (`uniform`); both are zero outside the active
-group. With `hide`, `m` zeroes the groups that decode makes after the active one and `a(t)` marks
-them −1. Every schedule quantity comes from the core's numpy `Schedule` (one source of truth);
-the basis is the core's DCT matrix and order as torch constants.
+`w` is α'(t)² (`paper`), 1 on the active group (`uniform`), or 1/|S_j| on it (`group`: each
+phase's loss is its group's mean, so small coarse groups weigh as much as large fine ones); all
+are zero outside the active group. `draw_times` says how t is drawn: uniformly in [0, 1] under the
+training schedule (`schedule`, the paper's), or the active group first, uniformly, then t inside
+its interval (`phase`: every group's phase gets an equal share of the training signal, whatever
+its interval's length). With `hide`, `m` zeroes the groups that decode makes after the active
+one and `a(t)` marks them −1. Every schedule quantity comes from the core's numpy `Schedule`
+(one source of truth); the basis is the core's DCT matrix and order as torch constants.
 """
 
 from __future__ import annotations
@@ -14,36 +18,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from grouplat.basis import dct_matrix
 from grouplat.oracle import GaussianOracle
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
+from grouplat.training.networks import TorchBasis
 
-WEIGHTINGS = ("paper", "uniform")
+WEIGHTINGS = ("paper", "uniform", "group")
+TIMES = ("schedule", "phase")
 GAUSS_SAMPLES = 16  # samples per batch that also get the Gaussian-baseline error (diagnostics)
 
 
-class TorchBasis:
-    """The core's basis U on torch tensors: `to_latent` [B, C, H, W] → [B, C, H·W] and back."""
-
-    def __init__(self, space: LatentSpace, device: torch.device | str = "cpu") -> None:
-        self.space = space
-        self.dct = space.basis.name == "dct"
-        self.d_h = torch.tensor(dct_matrix(space.height), dtype=torch.float32, device=device)
-        self.d_w = torch.tensor(dct_matrix(space.width), dtype=torch.float32, device=device)
-        order = np.asarray(space.basis.order)
-        self.order = torch.as_tensor(order, device=device)
-        self.inverse = torch.as_tensor(np.argsort(order), device=device)
-
-    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = images.shape
-        coefficients = self.d_h @ images @ self.d_w.T if self.dct else images
-        return coefficients.reshape(b, c, h * w)[..., self.order]
-
-    def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
-        b, c = latents.shape[:2]
-        grid = latents[..., self.inverse].reshape(b, c, self.space.height, self.space.width)
-        return self.d_h.T @ grid @ self.d_w if self.dct else grid
+def draw_times(schedule: Schedule, how: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n forward times in [0, 1) for the loss: `schedule` (t ~ U(0, 1)) or `phase` (see above)."""
+    if how == "schedule":
+        return rng.random(n)
+    if how == "phase":
+        group, position = rng.integers(schedule.k, size=n), rng.random(n)
+        return schedule.start[group] + position * (schedule.end[group] - schedule.start[group])
+    raise ValueError(f"unknown time sampling {how!r}: expected one of {', '.join(TIMES)}")
 
 
 class GroupedFlowLoss:
@@ -54,7 +46,7 @@ class GroupedFlowLoss:
         space: LatentSpace,
         schedule: Schedule,  # the *training* schedule
         hide: bool = True,  # zero and mark hidden groups (DESIGN: hidden groups)
-        weighting: str = "paper",  # "paper" (α'² of Eq. 7) or "uniform" (1 on the active group)
+        weighting: str = "paper",  # "paper" (α'² of Eq. 7), "uniform" (1 on the active group), "group"
         data_mean: np.ndarray | None = None,  # per-coefficient stats [C, H·W], for the Gaussian baseline
         data_std: np.ndarray | None = None,
         device: torch.device | str = "cpu",
@@ -65,8 +57,9 @@ class GroupedFlowLoss:
             raise ValueError(f"the schedule has {schedule.k} groups, the latent space {space.k}")
         self.space, self.schedule, self.hide, self.weighting = space, schedule, hide, weighting
         self.device = torch.device(device)
-        self.basis = TorchBasis(space, device)
+        self.basis = TorchBasis(space).to(device)
         self.group_of = torch.as_tensor(space.group_of, device=device)
+        self.group_sizes = np.bincount(space.group_of, minlength=space.k).astype(np.float64)
         self.oracle: GaussianOracle | None = None
         if data_mean is not None and data_std is not None:
             self.oracle = GaussianOracle(space, data_mean, data_std)
@@ -85,6 +78,8 @@ class GroupedFlowLoss:
         active = schedule.active(t)  # [B]
         rates = schedule.rates(t)
         weight = rates**2 if self.weighting == "paper" else (rates != 0).astype(np.float64)
+        if self.weighting == "group":  # every phase's loss is its group's mean squared error
+            weight = weight * (self.space.size / self.group_sizes)
         visible = ~schedule.hidden[active] if self.hide else np.ones_like(levels, dtype=bool)
         conditioning = schedule.conditioning(t, hide=self.hide)
 

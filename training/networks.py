@@ -17,6 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from grouplat.basis import dct_matrix
+from grouplat.oracle import gaussian_residual_scale, gaussian_velocity
+from grouplat.space import LatentSpace
+
 # ----------------------------------------------------------------------------
 # Layers with EDM's initialization (xavier-uniform, scaled; near-zero for the last layer of a
 # residual branch so that every block starts as the identity).
@@ -241,22 +245,112 @@ class PointMLP(nn.Module):
 
 
 ARCHITECTURES = {"unet": UNet, "mlp": PointMLP}
+RESIDUALS = ("none", "gaussian")  # what the network's output is added to (GaussianResidual)
 
 
-def build_network(config: dict[str, Any]) -> nn.Module:
+# ----------------------------------------------------------------------------
+# The latent basis and the Gaussian-residual parametrization.
+
+
+class TorchBasis(nn.Module):
+    """The core's basis U as torch constants: `to_latent` [B, C, H, W] → [B, C, H·W] and back.
+
+    The matrices and the coefficient order come from `grouplat.basis` (one source of truth).
+    """
+
+    d_h: torch.Tensor
+    d_w: torch.Tensor
+    order: torch.Tensor
+    inverse: torch.Tensor
+
+    def __init__(self, space: LatentSpace) -> None:
+        super().__init__()
+        self.height, self.width = space.height, space.width
+        self.dct = space.basis.name == "dct"
+        order = np.asarray(space.basis.order)
+        for name, value in (
+            ("d_h", torch.tensor(dct_matrix(space.height), dtype=torch.float32)),
+            ("d_w", torch.tensor(dct_matrix(space.width), dtype=torch.float32)),
+            ("order", torch.as_tensor(order)),
+            ("inverse", torch.as_tensor(np.argsort(order))),
+        ):
+            self.register_buffer(name, value, persistent=False)
+
+    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = images.shape
+        coefficients = self.d_h @ images @ self.d_w.T if self.dct else images
+        return coefficients.reshape(b, c, h * w)[..., self.order]
+
+    def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        b, c = latents.shape[:2]
+        grid = latents[..., self.inverse].reshape(b, c, self.height, self.width)
+        return self.d_h.T @ grid @ self.d_w if self.dct else grid
+
+
+class GaussianResidual(nn.Module):
+    """`Uᵀf = u_g + r ⊙ Uᵀnet`: the network adds what is not Gaussian (DESIGN §1, trap 1).
+
+    `u_g` is the exact velocity for per-coefficient Gaussian data with the data's own mean and
+    std (`grouplat.oracle.gaussian_velocity`), and `r = σ/sqrt(α²σ² + (1−α)²)` is the std of
+    what remains, so an untrained network is already the Gaussian predictor and the network's
+    output has unit scale for every coefficient at every level (EDM's c_skip / c_out, per
+    coefficient). The Gaussian part is also what the GEI solvers integrate exactly, so what they
+    integrate numerically is only the network's smooth share. Levels of −1 (hidden groups) read
+    as 0; those groups' outputs are never used.
+    """
+
+    group_of: torch.Tensor
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    def __init__(self, net: nn.Module, space: LatentSpace, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.net = net
+        self.basis = TorchBasis(space)
+        self.register_buffer("group_of", torch.as_tensor(space.group_of), persistent=False)
+        mean = np.broadcast_to(np.asarray(mean, np.float32), space.latent_shape)
+        var = np.broadcast_to(np.asarray(std, np.float32), space.latent_shape) ** 2
+        self.register_buffer("mean", torch.tensor(mean), persistent=False)
+        self.register_buffer("var", torch.tensor(var), persistent=False)
+
+    def forward(self, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        alpha = levels.clamp(0, 1)[:, None, self.group_of].to(torch.float32)  # [B, 1, H·W]
+        x_bar = self.basis.to_latent(x.float())
+        u = gaussian_velocity(x_bar, alpha, self.mean, self.var)
+        scale = gaussian_residual_scale(alpha, self.var)
+        residual = self.basis.to_latent(self.net(x, levels).float())
+        return self.basis.from_latent(u + scale * residual).to(x.dtype)
+
+
+def build_network(
+    config: dict[str, Any],
+    space: LatentSpace | None = None,  # the model's latent space (for residual="gaussian")
+    mean: np.ndarray | None = None,  # per-coefficient data mean [C, H·W] (for residual="gaussian")
+    std: np.ndarray | None = None,  # per-coefficient data std [C, H·W] (for residual="gaussian")
+) -> nn.Module:
     """Rebuild a network from its JSON config (`{"arch": "unet" | "mlp", ...keyword args}`).
 
-    The checkpoint stores exactly this config, so export and serving rebuild the same module.
+    `"residual": "gaussian"` wraps it in `GaussianResidual`, which needs the latent space and
+    the data statistics (the checkpoint stores both). The checkpoint stores exactly this config,
+    so export and serving rebuild the same module.
     """
     config = dict(config)
+    full = dict(config)
     arch = config.pop("arch", None)
+    residual = config.pop("residual", "none")
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown network architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    if residual not in RESIDUALS:
+        raise ValueError(f"unknown network residual {residual!r}: expected one of {', '.join(RESIDUALS)}")
     try:
         net = ARCHITECTURES[arch](**config)
     except TypeError as error:
         raise ValueError(f"bad {arch} network config {config}: {error}") from None
-    net.config = {"arch": arch, **config}  # type: ignore[assignment]
+    if residual == "gaussian":
+        if space is None or mean is None or std is None:
+            raise ValueError("a network with residual='gaussian' needs the latent space and data mean/std")
+        net = GaussianResidual(net, space, mean, std)
+    net.config = full  # type: ignore[assignment]
     return net
 
 

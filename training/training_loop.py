@@ -36,7 +36,7 @@ from grouplat.training.checkpoint import (
     save_checkpoint,
 )
 from grouplat.training.dataset import Dataset, data_statistics, open_dataset
-from grouplat.training.loss import GroupedFlowLoss
+from grouplat.training.loss import TIMES, GroupedFlowLoss, draw_times
 from grouplat.training.networks import build_network, numpy_velocity
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,7 +55,8 @@ class TrainConfig:
     groups:            str = "30,100,500"    # boundaries | "-" (one group) | quadrants | elements
     schedule:          str | None = None     # training cuts; default PAPER_TRAIN for k=4, else even
     hide:              bool = True           # hidden groups (DESIGN); False = the paper-exact ablation
-    weighting:         str = "paper"         # paper (α'², Eq. 7) | uniform (1 on the active group)
+    weighting:         str = "paper"         # paper (α'², Eq. 7) | uniform (1 on the active group) | group
+    times:             str = "schedule"      # schedule (t ~ U(0, 1)) | phase (a group, then t inside it)
     steps:             int = 10000           # optimizer steps in total
     batch:             int = 64              # global batch (all ranks together)
     batch_gpu:         int | None = None     # per-rank micro-batch (gradient accumulation); None = all
@@ -170,8 +171,17 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
     out = Path(cfg.out)
     dataset, space, schedule, net_config = setup(cfg, dataset)
 
+    step, root = 0, None
+    if resume is not None:
+        root = resolve_checkpoint(resume)
+        stored = read_tensors(root / MODEL)
+        mean, std = stored["data_mean"].numpy(), stored["data_std"].numpy()
+    else:
+        misc.print0(f"Data statistics over {min(cfg.stats_items, len(dataset))} items of {cfg.data} …")
+        mean, std = data_statistics(dataset, space.to_latent, cfg.stats_items, cfg.seed)
+
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    net = build_network(net_config).to(device).train()
+    net = build_network(net_config, space, mean, std).to(device).train()
     summary = (
         misc.print_module_summary(
             net, [torch.zeros(1, *space.shape, device=device), torch.zeros(1, space.k, device=device)]
@@ -183,19 +193,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
-    step = 0
-    if resume is not None:
-        root = resolve_checkpoint(resume)
+    if root is not None:
         misc.print0(f"Resuming from {root}")
         trainer = load_training_state(root, net, ema, optimizer)
         step = int(trainer["step"])
         if trainer.get("scaler"):
             scaler.load_state_dict(trainer["scaler"])
-        stored = read_tensors(root / MODEL)
-        mean, std = stored["data_mean"].numpy(), stored["data_std"].numpy()
-    else:
-        misc.print0(f"Data statistics over {min(cfg.stats_items, len(dataset))} items of {cfg.data} …")
-        mean, std = data_statistics(dataset, space.to_latent, cfg.stats_items, cfg.seed)
 
     model: torch.nn.Module = net
     if world > 1:
@@ -219,6 +222,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
         "schedule": schedule.describe(),
         "hide": cfg.hide,
         "weighting": cfg.weighting,
+        "times": cfg.times,
         "data": dataset.describe(),
         "training": dataclasses.asdict(cfg),
     }
@@ -252,7 +256,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
         batches = pending.result()
         if step + 1 < cfg.steps:
             pending = prefetch.submit(load, step + 1)
-        t = np.random.default_rng([cfg.seed, step, 1]).random(cfg.batch)
+        t = draw_times(schedule, cfg.times, np.random.default_rng([cfg.seed, step, 1]), cfg.batch)
         generator = torch.Generator(device=device).manual_seed(_seed(cfg.seed, step, 2))
         noise = torch.randn((cfg.batch, *space.latent_shape), generator=generator, device=device)
         torch.manual_seed(_seed(cfg.seed, step, 3, rank))  # dropout masks
@@ -311,6 +315,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
 
 
 def _check(cfg: TrainConfig, device: torch.device, world: int) -> None:
+    if cfg.times not in TIMES:
+        raise ValueError(f"unknown time sampling {cfg.times!r}: expected one of {', '.join(TIMES)}")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if cfg.precision != "fp32" and device.type != "cuda":
