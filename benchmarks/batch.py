@@ -29,7 +29,7 @@ from PIL import Image
 
 from grouplat.client import Client
 from grouplat.client.batch.job import Task, run
-from grouplat.server import EmbeddedServer
+from grouplat.serving.server import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import grouplat
-from grouplat.serving import OnnxVelocity
+from grouplat.serving.engines import OnnxVelocity
 
 NETWORK = dict(arch="unet", channels=3, resolution=[64, 64], levels=4, model_channels=64,
                channel_mult=[1, 2, 2, 2], num_blocks=2, attn_resolutions=[16], dropout=0.0)  # fmt: skip

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from grouplat.bench import RESOLUTION, random_network
 from grouplat.export.engine import export_onnx
 from grouplat.modelinfo import ModelInfo
-from grouplat.serving import OnnxVelocity
+from grouplat.serving.engines import OnnxVelocity
+from grouplat.tools.bench import RESOLUTION, random_network
 
 NETS = RESOLUTION  # preset → resolution
 SETTINGS = [(1, False), (2, False), (1, True), (2, True)]  # (intra-op threads, spinning)

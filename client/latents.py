@@ -15,34 +15,12 @@ from typing import Any
 import numpy as np
 
 from grouplat.proto import FORMAT_VERSION, latent_pb2
-from grouplat.schedule import Schedule
-from grouplat.solvers import SOLVERS
+from grouplat.settings import GenerationSettings
 from grouplat.space import LatentSpace
 
+Settings = GenerationSettings  # the client's name for the one settings type
+
 DTYPES = {"float32": latent_pb2.DTYPE_FLOAT32, "float16": latent_pb2.DTYPE_FLOAT16}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """ODE settings of an encode or decode: the server's `solver`, `steps` and `schedule` parameters."""
-
-    solver: str  # euler | heun | gei1 | gei2m
-    steps: int  # total ODE steps, split across the groups by the schedule
-    schedule: str  # generation cut points, e.g. "0.1,0.2,0.3"
-
-    def check(self, k: int) -> Settings:
-        """This, validated for a model with k groups (clear ValueErrors); the schedule normalized."""
-        if self.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {self.solver!r}: expected one of {', '.join(SOLVERS)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer) or self.steps < k:
-            raise ValueError(f"steps must be an integer of at least {k} (one per group), got {self.steps!r}")
-        schedule = Schedule.from_cuts(self.schedule, k)  # raises on a bad or wrong-length spec
-        cuts = schedule.cuts
-        return Settings(self.solver, int(self.steps), self.schedule.strip() if cuts is None else cuts)
-
-    def parameters(self) -> dict[str, str | int]:
-        """The per-request KServe parameters of the server's models."""
-        return {"solver": self.solver, "steps": self.steps, "schedule": self.schedule}
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,7 +13,7 @@ from grouplat.solvers import SOLVERS
 
 def register(subparsers: Any) -> None:
     from grouplat.export.repository import ENGINES, ServingOptions
-    from grouplat.serving import CALL_MODES
+    from grouplat.serving.contract import CALL_MODES
 
     d = ServingOptions()
     p = subparsers.add_parser(

@@ -17,7 +17,7 @@ import torch
 
 import grouplat
 from grouplat.modelinfo import ModelInfo
-from grouplat.serving import OnnxVelocity
+from grouplat.serving.engines import OnnxVelocity
 
 OPSET = 17
 FP32_TOLERANCE = 1e-4  # max abs difference ONNX Runtime vs PyTorch, fp32

@@ -14,13 +14,13 @@ import sys
 COMMANDS = {
     "train": "grouplat.training.cli",
     "export": "grouplat.export.cli",
-    "serve": "grouplat.server",
-    "demo": "grouplat.demo",
-    "evaluate": "grouplat.evaluation.cli",
+    "serve": "grouplat.serving.server",
+    "demo": "grouplat.tools.demo",
+    "evaluate": "grouplat.tools.evaluation.cli",
     "batch": "grouplat.client.batch.cli",
-    "bench": "grouplat.bench",
-    "perf-analyzer": "grouplat.perf_analyzer",
-    "perf-inputs": "grouplat.perf_analyzer",
+    "bench": "grouplat.tools.bench",
+    "perf-analyzer": "grouplat.tools.perf_analyzer",
+    "perf-inputs": "grouplat.tools.perf_analyzer",
     **{
         name: "grouplat.client.cli"
         for name in ("encode", "decode", "mix", "traverse", "interpolate", "variations", "reconstruct")

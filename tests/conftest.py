@@ -9,7 +9,7 @@ import pytest
 import grouplat
 from grouplat.export.oracle import oracle_info, oracle_onnx
 from grouplat.export.repository import ServingOptions, write_repository
-from grouplat.server import EmbeddedServer
+from grouplat.serving.server import EmbeddedServer
 
 ORACLE_SPACE = ((3, 16, 16), "dct", (30, 100, 200))  # the paper's groups, last boundary fitted to 16×16
 

@@ -41,7 +41,7 @@ from grouplat.client.batch.job import (
     image_names,
     run,
 )
-from grouplat.server import EmbeddedServer
+from grouplat.serving.server import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXACT = {"solver": "gei2m", "steps": 4}  # exact for the oracle (DESIGN §1, GEI)

@@ -12,8 +12,8 @@ from conftest import make_oracle, oracle_images
 from test_export import write_checkpoint
 
 import grouplat
-from grouplat.bench import headline, parse_variant, round_trip_nfe
 from grouplat.export.oracle import oracle_info
+from grouplat.tools.bench import headline, parse_variant, round_trip_nfe
 
 
 def test_quick_bench_writes_every_ratio(tmp_path):
@@ -22,7 +22,7 @@ def test_quick_bench_writes_every_ratio(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "grouplat.bench",
+        "grouplat.tools.bench",
         "--quick",
         "--checkpoint",
         str(checkpoint),

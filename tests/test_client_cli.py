@@ -12,7 +12,7 @@ from PIL import Image
 
 from grouplat.client import Latents, save_image
 from grouplat.client.cli import COMMANDS, build_parser, main, parse_index, parse_ints, parse_values, register
-from grouplat.server import EmbeddedServer, _free_ports
+from grouplat.serving.server import EmbeddedServer, _free_ports
 
 PAD = 2  # grid spacing (grouplat.client.images.grid)
 

@@ -133,7 +133,7 @@ def test_settings_validation() -> None:
     assert Settings("euler", 8, "0.10, 0.2,0.3").check(4).schedule == "0.1,0.2,0.3"
     with pytest.raises(ValueError, match="unknown solver 'rk4'"):
         Settings("rk4", 20, "0.1,0.2,0.3").check(4)
-    with pytest.raises(ValueError, match="at least 4"):
+    with pytest.raises(ValueError, match="steps must be an integer in 4..4096"):
         Settings("heun", 2, "0.1,0.2,0.3").check(4)
     with pytest.raises(ValueError, match="3 cut points"):
         Settings("heun", 20, "0.1,0.2").check(4)

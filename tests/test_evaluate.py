@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import grouplat
-from grouplat.evaluation import cli, metrics
+from grouplat.tools.evaluation import cli, metrics
 from grouplat.training.checkpoint import save_checkpoint
 from grouplat.training.dataset import Shapes
 from grouplat.training.networks import build_network

@@ -16,8 +16,8 @@ import grouplat
 from grouplat.cli import main as grouplat_main
 from grouplat.export.engine import check_parity, export_onnx, model_info, parity_inputs, read_metadata
 from grouplat.modelinfo import ModelInfo
-from grouplat.server import EmbeddedServer
-from grouplat.serving import OnnxVelocity
+from grouplat.serving.engines import OnnxVelocity
+from grouplat.serving.server import EmbeddedServer
 from grouplat.training.checkpoint import load_checkpoint, save_checkpoint
 from grouplat.training.networks import build_network
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import oracle_repository_at
 
-from grouplat import perf_analyzer
 from grouplat.export.repository import ServingOptions
-from grouplat.server import EmbeddedServer
+from grouplat.serving.server import EmbeddedServer
+from grouplat.tools import perf_analyzer
 
 # About 3 s a run: three windows of at least 10 requests; any steady rate counts as stable.
 BRIEF = ["--measurement-mode", "count_windows", "--measurement-request-count", "10"]

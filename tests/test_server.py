@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grouplat.server import EmbeddedServer, RepositoryError
+from grouplat.serving.server import EmbeddedServer, RepositoryError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_failed_start_raises_with_log_tail(tmp_path: Path) -> None:
 
 def cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "grouplat.server", *args],
+        [sys.executable, "-m", "grouplat.serving.server", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

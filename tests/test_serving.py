@@ -18,8 +18,8 @@ from tritonclient.utils import InferenceServerException
 import grouplat
 from grouplat.export.repository import ServingOptions
 from grouplat.modelinfo import ModelInfo
-from grouplat.server import EmbeddedServer
-from grouplat.serving import OnnxVelocity
+from grouplat.serving.engines import OnnxVelocity
+from grouplat.serving.server import EmbeddedServer
 
 
 def tensor(name, array, dtype="FP32"):

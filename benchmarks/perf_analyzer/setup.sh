@@ -11,4 +11,4 @@ if ! /sbin/ldconfig -p | grep -q 'libb64\.so\.0d'; then
   fi
 fi
 .venv/bin/pip install -q "nvidia-cuda-runtime-cu12>=12,<13"
-.venv/bin/python -m grouplat.perf_analyzer perf-analyzer --version
+.venv/bin/python -m grouplat.tools.perf_analyzer perf-analyzer --version

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from grouplat import serving
+from grouplat.serving import contract, engines, orchestration
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = serving.config_parameters(json.loads(args["model_config"]))
+        params = orchestration.config_parameters(json.loads(args["model_config"]))
         engine = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        threads, spinning = int(params.get("threads", "1")), params.get("spinning", "0") == "1"
-        self.engine = serving.OnnxVelocity(engine, threads, spinning)
+        threads = int(params.get(contract.THREADS_PARAM, "1"))
+        spinning = params.get(contract.SPINNING_PARAM, "0") == "1"
+        self.engine = engines.OnnxVelocity(engine, threads, spinning)
 
     def execute(self, requests):
-        return serving.answer_velocity(pb_utils, requests, self.engine)
+        return engines.answer_velocity(pb_utils, requests, self.engine)

@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from grouplat.client import Client, grid, save_image
     from grouplat.export.engine import check_parity, export_onnx, model_info
     from grouplat.export.repository import ServingOptions, write_repository
-    from grouplat.server import EmbeddedServer
-    from grouplat.serving import OnnxVelocity
+    from grouplat.serving.engines import OnnxVelocity
+    from grouplat.serving.server import EmbeddedServer
     from grouplat.training.checkpoint import load_checkpoint
 
     out = Path(args.out)
@@ -222,7 +222,7 @@ def baseline_traversal(
     baseline's same coefficient. The grouped model changes the shape's attributes while the image
     stays a clean shape; the baseline's element is one coefficient among all."""
     from grouplat.export.engine import export_onnx, model_info
-    from grouplat.serving import OnnxVelocity
+    from grouplat.serving.engines import OnnxVelocity
     from grouplat.training.checkpoint import load_checkpoint
 
     grouped = grouplat.decode(

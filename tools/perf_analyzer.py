@@ -225,8 +225,8 @@ def write_inputs(
     import grouplat
     from grouplat.modelinfo import ModelInfo
     from grouplat.schedule import Schedule
-    from grouplat.server import EmbeddedServer
-    from grouplat.serving import config_parameters
+    from grouplat.serving.orchestration import config_parameters
+    from grouplat.serving.server import EmbeddedServer
 
     repository, out = Path(repository), Path(out)
     versions = [p for p in (repository / "velocity").glob("[0-9]*") if p.name.isdigit()]
@@ -349,8 +349,8 @@ def _inputs_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m grouplat.perf_analyzer perf-analyzer|perf-inputs ...`, as the grouplat CLI."""
-    parser = argparse.ArgumentParser(prog="python -m grouplat.perf_analyzer")
+    """`python -m grouplat.tools.perf_analyzer perf-analyzer|perf-inputs ...`, as the grouplat CLI."""
+    parser = argparse.ArgumentParser(prog="python -m grouplat.tools.perf_analyzer")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)
     return int(args.handler(args))

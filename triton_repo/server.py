@@ -375,7 +375,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m grouplat.server --repository DIR ...`, same as `grouplat serve`."""
+    """`python -m grouplat.serving.server --repository DIR ...`, same as `grouplat serve`."""
     parser = argparse.ArgumentParser(prog="grouplat serve", description="Run the embedded Triton server.")
     _add_arguments(parser)
     return serve(parser.parse_args(argv))

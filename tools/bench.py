@@ -47,7 +47,7 @@ import numpy as np
 
 import grouplat
 from grouplat.modelinfo import ModelInfo
-from grouplat.perf_analyzer import held_out_shapes, infer
+from grouplat.tools.perf_analyzer import held_out_shapes, infer
 
 NETS = {"demo": "shapes32", "ffhq64": "ffhq64"}  # net → network preset (grouplat.training.presets)
 RESOLUTION = {"shapes32": 32, "ffhq64": 64}
@@ -241,8 +241,8 @@ def bench_net(net: Net, variants: dict[str, dict[str, Any]], args: argparse.Name
     import tritonclient.grpc as grpcclient
 
     from grouplat.export.repository import ServingOptions, default_generate_schedule, write_repository
-    from grouplat.server import EmbeddedServer
-    from grouplat.serving import OnnxVelocity
+    from grouplat.serving.engines import OnnxVelocity
+    from grouplat.serving.server import EmbeddedServer
     from grouplat.training.networks import numpy_velocity
 
     info, space = net.info, net.info.space
@@ -525,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
         results["nets"][name] = bench_net(net, variants, args)
         if name == nets[0] and net.trained and not args.no_p4:
             from grouplat.export.repository import ServingOptions, default_generate_schedule
-            from grouplat.serving import OnnxVelocity
+            from grouplat.serving.engines import OnnxVelocity
 
             _progress(f"{name}: P4 (round trips)")
             engine = OnnxVelocity(net.onnx, threads=args.threads or os.cpu_count() or 1)
@@ -546,7 +546,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m grouplat.bench ...`, the same as `grouplat bench ...`."""
+    """`python -m grouplat.tools.bench ...`, the same as `grouplat bench ...`."""
     parser = argparse.ArgumentParser(prog="grouplat")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from grouplat.evaluation import measure, metrics
-from grouplat.evaluation.measure import FULL, QUICK, Budget, Model
-from grouplat.evaluation.report import markdown
 from grouplat.schedule import Schedule
 from grouplat.solvers import Velocity
+from grouplat.tools.evaluation import measure, metrics
+from grouplat.tools.evaluation.measure import FULL, QUICK, Budget, Model
+from grouplat.tools.evaluation.report import markdown
 
 HELD_OUT_SEED = 1_000_003  # added to the training data seed: fresh shapes, never seen in training
 CHUNK = 128  # images per engine call (bounds memory)
@@ -107,7 +107,7 @@ def load_model(path: str, name: str, engine: Engine, schedule: str | None = None
     velocity: Velocity
     if engine.kind == "onnx":
         from grouplat.export.engine import export_onnx, model_info
-        from grouplat.serving import OnnxVelocity
+        from grouplat.serving.engines import OnnxVelocity
 
         velocity = OnnxVelocity(export_onnx(ckpt.network, model_info(ckpt)), threads=engine.threads)
     else:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from grouplat import ops
-from grouplat.evaluation import metrics
 from grouplat.schedule import PAPER_GENERATE, Schedule
 from grouplat.solvers import Velocity, decode, encode
 from grouplat.space import LatentSpace
+from grouplat.tools.evaluation import metrics
 
 PER_STEP = {"euler": 1, "gei1": 1, "heun": 2, "gei2m": 2}  # NFE per step
 

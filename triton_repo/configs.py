@@ -1,0 +1,116 @@
+"""config.pbtxt of every model, built as Triton's own `ModelConfig` protobuf (from tritonclient).
+
+    velocity                X_T [-1,C,H,W], LEVELS [-1,k] → U [-1,C,H,W]
+    encode / decode / mix   the Python-backend orchestrators (contract.INPUTS / OUTPUTS)
+
+Every config carries the model's parameters (fingerprint, space, schedules, defaults), so that
+clients read them through ModelConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from grouplat.modelinfo import ModelInfo
+from grouplat.serving import contract as c
+from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS
+from grouplat.solvers import SOLVERS
+
+ENGINES = ("python", "onnx", "tensorrt")
+FP32, BOOL, BYTES = mc.DataType.TYPE_FP32, mc.DataType.TYPE_BOOL, mc.DataType.TYPE_STRING
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What the configs say beyond the model itself; each has a CLI flag in `grouplat export`."""
+
+    engine: str = "python"  # python: ORT in the embedded server; onnx / tensorrt: native NGC backends
+    velocity_call: str = "inprocess"  # how orchestrators call the engine: inprocess or bls
+    generate_schedule: str | None = None  # default generation schedule; None: the paper's for k=4
+    steps: int = DEFAULT_STEPS  # default steps per request
+    solver: str = DEFAULT_SOLVER
+    max_batch: int = 64  # velocity engine's max batch (BLS merges steps of several requests)
+    request_batch: int = 8  # orchestrators' max images per request
+    queue_delay_us: int = 500  # dynamic batching delay of every model
+    threads: int = 1  # ONNX Runtime intra-op threads per instance
+    spinning: bool = False  # ONNX Runtime spin-waiting (hurts when instances share cores)
+    velocity_instances: int = 1
+    orchestrator_instances: int = 1
+
+    def check(self, k: int) -> None:
+        """Raises ValueError for options that cannot work together (or for this model's k groups)."""
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if self.velocity_call not in c.CALL_MODES:
+            raise ValueError(
+                f"unknown velocity call {self.velocity_call!r}: expected {' or '.join(c.CALL_MODES)}"
+            )
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}: expected one of {', '.join(SOLVERS)}")
+        if self.velocity_call == "inprocess" and self.engine == "tensorrt":
+            raise ValueError(
+                "in-process velocity calls run ONNX Runtime; use --velocity-call bls with tensorrt"
+            )
+        if self.steps < k:
+            raise ValueError(f"default steps must be at least the number of groups ({k})")
+
+
+def velocity_config(info: ModelInfo, options: ServingOptions, params: dict[str, str]) -> str:
+    """The `velocity` model's config.pbtxt (the engine, with a zero-data warm-up)."""
+    config = _base(c.VELOCITY, options.max_batch, options.velocity_instances, options.queue_delay_us, params)
+    if options.engine == "python":
+        config.backend = "python"
+    else:
+        config.platform = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[options.engine]
+        config.default_model_filename = {"onnx": "model.onnx", "tensorrt": "model.plan"}[options.engine]
+    image = list(info.space.shape)
+    _add(config.input, c.X_T, FP32, image)
+    _add(config.input, c.LEVELS, FP32, [info.space.k])
+    _add(config.output, c.U, FP32, image)
+    warmup = config.model_warmup.add(name="zeros", batch_size=1)
+    for name, dims in ((c.X_T, image), (c.LEVELS, [info.space.k])):
+        warmup.inputs[name].CopyFrom(mc.ModelWarmup.Input(data_type=FP32, dims=dims, zero_data=True))
+    return text_format.MessageToString(config)
+
+
+def orchestrator_config(
+    info: ModelInfo, options: ServingOptions, operation: str, params: dict[str, str]
+) -> str:
+    """The config.pbtxt of one Python-backend orchestrator (`encode`, `decode` or `mix`)."""
+    config = _base(
+        operation,
+        options.request_batch,
+        options.orchestrator_instances,
+        options.queue_delay_us,
+        {**params, c.OPERATION_PARAM: operation},
+    )
+    config.backend = "python"
+    image, latent = list(info.space.shape), [info.space.channels, info.space.size]
+    shapes = {c.IMAGE: image, c.IMAGE_A: image, c.IMAGE_B: image, c.LATENT: latent, c.GROUPS: [info.space.k]}
+    for name in c.INPUTS[operation]:
+        _add(config.input, name, BOOL if name == c.GROUPS else FP32, shapes[name])
+    for name in c.OPTIONAL_INPUTS[operation]:
+        _add(config.input, name, BYTES, [1], optional=True)
+    output = c.OUTPUTS[operation]
+    _add(config.output, output, FP32, shapes[output])
+    return text_format.MessageToString(config)
+
+
+def _base(
+    name: str, max_batch: int, instances: int, queue_delay_us: int, params: dict[str, str]
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, max_batch_size=max_batch)
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.Kind.KIND_CPU)
+    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def _add(tensors, name: str, dtype: int, dims: list[int], optional: bool = False) -> None:  # type: ignore[no-untyped-def]
+    tensor = tensors.add(name=name, data_type=dtype, dims=dims)
+    if optional:  # inputs only (ModelOutput has no such field)
+        tensor.optional = True
