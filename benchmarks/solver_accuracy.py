@@ -18,15 +18,16 @@ import numpy as np
 
 import grouplat
 from grouplat.basis import dct_order
+from grouplat.tools.evaluation.metrics import psnr
 
 NFES = (10, 20, 40, 80, 160)
-METHODS = [  # (solver, spacing, NFE per step)
-    ("euler", "uniform", 1),
-    ("heun", "uniform", 2),
-    ("heun", "tau", 2),
-    ("gei1", "tau", 1),
-    ("gei2m", "uniform", 2),
-    ("gei2m", "tau", 2),
+METHODS = [  # (solver, spacing)
+    ("euler", "uniform"),
+    ("heun", "uniform"),
+    ("heun", "tau"),
+    ("gei1", "tau"),
+    ("gei2m", "uniform"),
+    ("gei2m", "tau"),
 ]
 
 
@@ -40,10 +41,6 @@ def image_like_oracle(space: grouplat.LatentSpace, seed: int = 0) -> grouplat.Ga
     mean = np.zeros(space.latent_shape)
     mean[:, 0] = rng.uniform(-0.3, 0.3, space.channels) * np.sqrt(space.size)  # channel means
     return grouplat.GaussianOracle(space, mean, std)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(4.0 / np.mean((a - b) ** 2)))
 
 
 def main() -> None:
@@ -69,7 +66,7 @@ def main() -> None:
     table: dict[str, dict[str, list[float]]] = {}
     for flow, (velocity, reference) in flows.items():
         print(f"\n{flow:10s} " + " ".join(f"{n:>7d}" for n in NFES))
-        for solver, spacing, per_step in METHODS:
+        for solver, spacing in METHODS:
             row = []
             for nfe in NFES:
                 images = grouplat.decode(
@@ -77,7 +74,7 @@ def main() -> None:
                     z,
                     space,
                     schedule,
-                    nfe // per_step,
+                    nfe // grouplat.solvers.NFE_PER_STEP[solver],
                     solver,
                     spacing,
                     std=oracle.std,

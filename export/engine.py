@@ -66,6 +66,12 @@ def export_onnx(network: torch.nn.Module, info: ModelInfo, opset: int = OPSET) -
     return model.SerializeToString()
 
 
+def onnx_velocity(checkpoint, threads: int = 1) -> OnnxVelocity:  # type: ignore[no-untyped-def]
+    """A loaded checkpoint's network exported to ONNX (in memory) and run by ONNX Runtime: the
+    velocity callable the tools decode with (faster than PyTorch eager on a CPU)."""
+    return OnnxVelocity(export_onnx(checkpoint.network, model_info(checkpoint)), threads=threads)
+
+
 def read_metadata(onnx_model: bytes) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load_from_string(onnx_model).metadata_props}
 

@@ -18,7 +18,7 @@ COMMANDS = {
     "demo": "grouplat.tools.demo",
     "evaluate": "grouplat.tools.evaluation.cli",
     "batch": "grouplat.client.batch.cli",
-    "bench": "grouplat.tools.bench",
+    "bench": "grouplat.tools.bench.cli",
     "perf-analyzer": "grouplat.tools.perf_analyzer",
     "perf-inputs": "grouplat.tools.perf_analyzer",
     **{

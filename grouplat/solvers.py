@@ -22,8 +22,33 @@ Velocity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Callback = Callable[[int, float, np.ndarray], None]
 
 SOLVERS = ("euler", "heun", "gei1", "gei2m")
+NFE_PER_STEP = {"euler": 1, "heun": 2, "gei1": 1, "gei2m": 2}  # network evaluations per ODE step
 SPACINGS = ("uniform", "tau")
 DEFAULT_STD_RANGE = (0.1, 10.0)  # coefficient std range assumed by `tau` spacing without stats
+
+
+def chunked(velocity: Velocity, max_batch: int) -> Velocity:
+    """The same velocity callable, called on at most `max_batch` images at a time (bounds memory).
+
+    Args:
+        velocity: any velocity callable.
+        max_batch: the largest batch it is given at once.
+
+    Returns:
+        A velocity callable that splits larger batches and concatenates the results.
+    """
+
+    def call(x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        if len(x_t) <= max_batch:
+            return velocity(x_t, levels)
+        return np.concatenate(
+            [
+                velocity(x_t[i : i + max_batch], levels[i : i + max_batch])
+                for i in range(0, len(x_t), max_batch)
+            ]
+        )
+
+    return call
 
 
 def allocate_steps(schedule: Schedule, steps: int | Sequence[int], min_steps: int = 3) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grouplat.images import from_uint8, to_uint8
 from grouplat.training.checkpoint import release_checkpoint
 from grouplat.training.dataset import Dataset, Shapes
 
@@ -44,7 +45,7 @@ class Pool(Dataset):
         return len(self.pixels)
 
     def images(self, indices: np.ndarray) -> np.ndarray:
-        return self.pixels[np.asarray(indices)].astype(np.float32) / 127.5 - 1
+        return from_uint8(self.pixels[np.asarray(indices)])
 
     def describe(self) -> dict[str, Any]:
         return {**Shapes(self.resolution).describe(), "length": len(self), "pool": "pre-rendered, uint8"}
@@ -53,7 +54,7 @@ class Pool(Dataset):
 def _render(chunk: tuple[int, int, int]) -> np.ndarray:
     resolution, start, stop = chunk
     images = Shapes(resolution).images(np.arange(start, stop))
-    return np.clip(np.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
+    return to_uint8(images)  # [B, H, W, C]
 
 
 def train_for(name: str, overrides: dict[str, Any], pool: Dataset | None, seconds: float, out: Path) -> dict:

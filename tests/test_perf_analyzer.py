@@ -88,7 +88,9 @@ def test_bundled_libraries_stand_in(runnable, monkeypatch, capfd):
 @pytest.mark.parametrize("photos", [True, False])
 def test_sample_images_fit_any_model_shape(monkeypatch, photos):
     if not photos:  # without scikit-learn / scikit-image: held-out procedural shapes
-        monkeypatch.setattr(perf_analyzer, "_photos", lambda: ([], ""))
+        from grouplat.training import dataset
+
+        monkeypatch.setattr(dataset, "sample_photographs", lambda size, count=None: [])
     for shape in ((3, 16, 16), (1, 12, 20)):
         images, source = perf_analyzer.sample_images(3, shape)
         assert images.shape == (3, *shape) and images.dtype == np.float32 and source

@@ -147,44 +147,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def held_out_shapes(resolution: int, n: int) -> np.ndarray:
-    """Shapes the model never saw (another seed than training's)."""
-    from grouplat.training.dataset import Shapes
+    """n shapes the model never saw."""
+    from grouplat.training.dataset import held_out_shapes
 
-    return Shapes(resolution, seed=12345).images(np.arange(n))
+    return held_out_shapes(resolution).images(np.arange(n))
 
 
 def photographs(resolution: int, n: int) -> np.ndarray:
     """Real photographs shipped inside scikit-learn and scikit-image, centre-cropped and resized."""
-    from PIL import Image
+    from grouplat.images import from_uint8
+    from grouplat.training.dataset import sample_photographs
 
-    pictures: list[np.ndarray] = []
-    try:
-        from sklearn.datasets import load_sample_images
-
-        pictures += list(load_sample_images().images)
-    except ImportError:
-        pass
-    try:
-        from skimage import data
-
-        for name in ("astronaut", "coffee", "chelsea", "rocket"):
-            pictures.append(getattr(data, name)())
-    except ImportError:
-        pass
+    pictures = sample_photographs((resolution, resolution), n)
     if not pictures:
         raise RuntimeError(
             "the demo's photographs come from scikit-learn / scikit-image: install grouplat[demo]"
         )
-    out = []
-    for picture in pictures[:n]:
-        image = Image.fromarray(picture)
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize(
-            (resolution, resolution), Image.Resampling.LANCZOS
-        )
-        out.append(np.asarray(image, np.float32).transpose(2, 0, 1) / 127.5 - 1)
-    return np.stack(out)
+    return from_uint8(np.stack(pictures))
 
 
 def dct_truncation(space: grouplat.LatentSpace, images: np.ndarray, m: int) -> np.ndarray:
@@ -221,8 +200,7 @@ def baseline_traversal(
     """Row 1: the grouped model's S1 element (channel 0, index 1) traversed; row 2: the scalar
     baseline's same coefficient. The grouped model changes the shape's attributes while the image
     stays a clean shape; the baseline's element is one coefficient among all."""
-    from grouplat.export.engine import export_onnx, model_info
-    from grouplat.serving.engines import OnnxVelocity
+    from grouplat.export.engine import model_info, onnx_velocity
     from grouplat.training.checkpoint import load_checkpoint
 
     grouped = grouplat.decode(
@@ -230,7 +208,7 @@ def baseline_traversal(
     )
     baseline = load_checkpoint(path)
     base_info = model_info(baseline)
-    base_engine = OnnxVelocity(export_onnx(baseline.network, base_info))
+    base_engine = onnx_velocity(baseline)
     if base_info.space.latent_shape != info.space.latent_shape:
         raise ValueError(f"the baseline {path} has another image shape than the demo model")
     scalar = grouplat.decode(

@@ -37,7 +37,6 @@ INSTALL_HINT = (
     "(pip install 'grouplat[bench]'), or run benchmarks/perf_analyzer/setup.sh"
 )
 MODELS = ("encode", "decode", "mix", "velocity")
-HELD_OUT_SEED = 1  # procedural shapes not seen in training (the shapes data set uses seed 0)
 DIGITS = 4  # decimals kept in the JSON files
 
 
@@ -130,57 +129,43 @@ def throughputs(output: str) -> list[float]:
 def sample_images(count: int, shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, str]:
     """`count` float32 images [count, C, H, W] in [-1, 1], and where they come from.
 
-    Random crops of scikit-learn's or scikit-image's sample photographs when one is installed,
-    else held-out procedural shapes (`grouplat.training.dataset.Shapes`).
+    Random crops of the sample photographs that scikit-learn or scikit-image ship, when one is
+    installed, else held-out procedural shapes.
     """
+    from grouplat.images import crop_resize, from_uint8
+    from grouplat.training.dataset import sample_photographs
+
     c, h, w = shape
-    photos, source = _photos()
-    if photos:
-        from PIL import Image
+    photos = sample_photographs(None)
+    if not photos:
+        return held_out_images(count, shape), "held-out procedural shapes"
+    from PIL import Image
 
-        rng = np.random.default_rng(seed)
-        out = []
-        for i in range(count):
-            photo = photos[i % len(photos)]
-            side = int(min(photo.shape[:2]) * rng.uniform(0.5, 1.0))  # a crop with the model's aspect
-            ch, cw = (side, round(side * w / h)) if w <= h else (round(side * h / w), side)
-            top, left = rng.integers(0, photo.shape[0] - ch + 1), rng.integers(0, photo.shape[1] - cw + 1)
-            crop = Image.fromarray(photo[top : top + ch, left : left + cw]).convert("L" if c == 1 else "RGB")
-            array = np.asarray(crop.resize((w, h), Image.Resampling.LANCZOS), np.float32)
-            out.append((array[..., None] if array.ndim == 2 else array).transpose(2, 0, 1))
-        return np.stack(out) / 127.5 - 1, source
-    return held_out_shapes(count, shape), f"procedural shapes, seed {HELD_OUT_SEED}"
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        side = int(min(photo.shape[:2]) * rng.uniform(0.5, 1.0))  # a crop with the model's aspect
+        ch, cw = (side, round(side * w / h)) if w <= h else (round(side * h / w), side)
+        top, left = rng.integers(0, photo.shape[0] - ch + 1), rng.integers(0, photo.shape[1] - cw + 1)
+        crop = Image.fromarray(photo[top : top + ch, left : left + cw]).convert("L" if c == 1 else "RGB")
+        array = np.asarray(crop_resize(crop, (h, w)), np.uint8)
+        out.append(array[..., None] if array.ndim == 2 else array)
+    return from_uint8(np.stack(out)), "random crops of the sample photographs (scikit-learn, scikit-image)"
 
 
-def held_out_shapes(count: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """float32 [count, C, H, W] procedural shapes the demo model never saw (it trains on seed 0)."""
-    from grouplat.training.dataset import Shapes
+def held_out_images(count: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """float32 [count, C, H, W]: held-out procedural shapes cropped (and greyed) to any model's shape."""
+    from grouplat.training.dataset import held_out_shapes
 
     c, h, w = shape
     side = max(h, w)
-    images = Shapes(side, seed=HELD_OUT_SEED).images(np.arange(count))
+    images = held_out_shapes(side).images(np.arange(count))
     top, left = (side - h) // 2, (side - w) // 2
     images = images[:, :, top : top + h, left : left + w]
     if c != 3:
         images = np.repeat(images.mean(axis=1, keepdims=True), c, axis=1)
     return images.astype(np.float32)
-
-
-def _photos() -> tuple[list[np.ndarray], str]:
-    """uint8 [H, W, 3] photographs shipped inside an installed package (none may be installed)."""
-    try:
-        from sklearn.datasets import load_sample_images
-
-        return list(load_sample_images().images), "scikit-learn sample images (china.jpg, flower.jpg)"
-    except ImportError:
-        pass
-    try:
-        from skimage import data
-
-        photos = [np.asarray(getattr(data, n)()) for n in ("astronaut", "coffee", "chelsea", "rocket")]
-        return [p for p in photos if p.ndim == 3], "scikit-image sample images"
-    except (ImportError, OSError, ValueError):  # not installed, or an image it would have to download
-        return [], ""
 
 
 def _entry(**tensors: np.ndarray) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from grouplat.images import crop_resize, from_uint8
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm")
 SPECS = "shapes[:RES], gmm2d, folder:PATH or zip:PATH"
 
@@ -88,6 +90,43 @@ class Shapes(Dataset):
 
     def describe(self) -> dict[str, Any]:
         return {"spec": f"shapes:{self.resolution}", "seed": self.seed, "length": self.length}
+
+
+HELD_OUT_SEED = 1_000_003  # added to a training seed: shapes that training never saw
+
+
+def held_out_shapes(resolution: int, training_seed: int = 0) -> Shapes:
+    """The procedural shapes with a seed that training (with `training_seed`) never used.
+
+    The evaluation, the demo, the benchmarks and perf_analyzer all draw their held-out images here.
+    """
+    return Shapes(resolution, seed=training_seed + HELD_OUT_SEED)
+
+
+def sample_photographs(size: tuple[int, int] | None, count: int | None = None) -> list[np.ndarray]:
+    """Real photographs shipped inside scikit-learn and scikit-image (DESIGN §5), as uint8
+    [H, W, 3] arrays, centre-cropped and resized to `size` = (H, W) unless it is None; as many as
+    are installed (up to `count`). None installed: an empty list."""
+    pictures: list[np.ndarray] = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        pictures += list(load_sample_images().images)  # china.jpg, flower.jpg
+    except ImportError:
+        pass
+    try:
+        from skimage import data
+
+        for name in ("astronaut", "coffee", "chelsea", "rocket"):
+            picture = np.asarray(getattr(data, name)())
+            if picture.ndim == 3:
+                pictures.append(picture[..., :3])
+    except (ImportError, OSError, ValueError):  # not installed, or an image it would download
+        pass
+    pictures = pictures[:count]
+    if size is None:
+        return pictures
+    return [np.asarray(crop_resize(Image.fromarray(p), size), np.uint8) for p in pictures]
 
 
 def render_shapes(factors: np.ndarray, resolution: int) -> np.ndarray:
@@ -221,14 +260,8 @@ class ImageFiles(Dataset):
     def _load(self, index: int) -> np.ndarray:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        image = self._open(index).convert("RGB")
-        w, h = image.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-        if side != self.resolution:
-            image = image.resize((self.resolution, self.resolution), Image.Resampling.LANCZOS)
-        array = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        image = crop_resize(self._open(index).convert("RGB"), (self.resolution, self.resolution))
+        array = np.asarray(image, dtype=np.uint8)
         if self._cache is not None:
             self._cache[index] = array
         return array
@@ -240,7 +273,7 @@ class ImageFiles(Dataset):
                 arrays = list(pool.map(self._load, items))
         else:
             arrays = [self._load(i) for i in items]
-        return np.stack(arrays).astype(np.float32) / 127.5 - 1
+        return from_uint8(np.stack(arrays))
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from grouplat.images import to_uint8
 from grouplat.schedule import PAPER_GENERATE, PAPER_TRAIN, Schedule
 from grouplat.solvers import decode
 from grouplat.space import LatentSpace, quadrant_groups
@@ -436,8 +437,8 @@ def save_samples(
     c, h, w = space.shape
     grid = np.zeros((rows * cols, c, h, w), np.float32) - 1
     grid[:count] = images
-    grid = grid.reshape(rows, cols, c, h, w).transpose(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
-    pixels = ((grid + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+    grid = grid.reshape(rows, cols, c, h, w).transpose(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+    pixels = to_uint8(grid)
     Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
     return images
 

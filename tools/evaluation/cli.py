@@ -21,12 +21,11 @@ from typing import Any
 import numpy as np
 
 from grouplat.schedule import Schedule
-from grouplat.solvers import Velocity
+from grouplat.solvers import Velocity, chunked
 from grouplat.tools.evaluation import measure, metrics
 from grouplat.tools.evaluation.measure import FULL, QUICK, Budget, Model
 from grouplat.tools.evaluation.report import markdown
 
-HELD_OUT_SEED = 1_000_003  # added to the training data seed: fresh shapes, never seen in training
 CHUNK = 128  # images per engine call (bounds memory)
 # index ranges of the held-out shapes, one per use, so that no two uses share an image
 ENCODED, REAL, REAL_FLOOR, CLASSIFIER_TRAIN, CLASSIFIER_TEST = (0, 1 << 16, 2 << 16, 3 << 16, 4 << 16)
@@ -106,10 +105,9 @@ def load_model(path: str, name: str, engine: Engine, schedule: str | None = None
     ckpt = load_checkpoint(path, device=engine.device)
     velocity: Velocity
     if engine.kind == "onnx":
-        from grouplat.export.engine import export_onnx, model_info
-        from grouplat.serving.engines import OnnxVelocity
+        from grouplat.export.engine import onnx_velocity
 
-        velocity = OnnxVelocity(export_onnx(ckpt.network, model_info(ckpt)), threads=engine.threads)
+        velocity = onnx_velocity(ckpt, engine.threads)
     else:
         velocity = ckpt.velocity(max_batch=CHUNK)
     generate = (
@@ -118,24 +116,15 @@ def load_model(path: str, name: str, engine: Engine, schedule: str | None = None
         else measure.default_generate(ckpt.space, ckpt.schedule)
     )
     return Model(
-        name, str(ckpt.path), ckpt.fingerprint, ckpt.space, ckpt.schedule, generate, _chunked(velocity),
+        name, str(ckpt.path), ckpt.fingerprint, ckpt.space, ckpt.schedule, generate, chunked(velocity, CHUNK),
         ckpt.data_mean, ckpt.data_std, ckpt.hide,
     )  # fmt: skip
-
-
-def _chunked(velocity: Velocity) -> Velocity:
-    def call(x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [velocity(x_t[i : i + CHUNK], levels[i : i + CHUNK]) for i in range(0, len(x_t), CHUNK)]
-        )
-
-    return call
 
 
 def held_out_shapes(path: str, space_shape: tuple[int, int, int]) -> Any:
     """The checkpoint's shapes data set with a fresh seed."""
     from grouplat.training.checkpoint import read_metadata, resolve_checkpoint
-    from grouplat.training.dataset import Shapes
+    from grouplat.training.dataset import held_out_shapes
 
     data = read_metadata(resolve_checkpoint(path)).get("data") or {}
     spec = str(data.get("spec", ""))
@@ -146,7 +135,7 @@ def held_out_shapes(path: str, space_shape: tuple[int, int, int]) -> Any:
         )
     if space_shape[0] != 3 or space_shape[1] != space_shape[2]:
         raise ValueError(f"shapes images are 3×R×R, the model's are {space_shape}")
-    return Shapes(space_shape[1], seed=int(data.get("seed", 0)) + HELD_OUT_SEED)
+    return held_out_shapes(space_shape[1], int(data.get("seed", 0)))
 
 
 def evaluate(

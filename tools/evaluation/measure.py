@@ -15,11 +15,9 @@ import numpy as np
 
 from grouplat import ops
 from grouplat.schedule import PAPER_GENERATE, Schedule
-from grouplat.solvers import Velocity, decode, encode
+from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
 from grouplat.space import LatentSpace
 from grouplat.tools.evaluation import metrics
-
-PER_STEP = {"euler": 1, "gei1": 1, "heun": 2, "gei2m": 2}  # NFE per step
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ class Model:
     hide: bool
 
     def _solve(self, solver: str, nfe: int, schedule: Schedule | None) -> dict:
-        steps = nfe // PER_STEP[solver]
+        steps = nfe // NFE_PER_STEP[solver]
         if steps < self.space.k:
             raise ValueError(f"{nfe} NFE with {solver} cannot cover {self.space.k} groups")
         return dict(
@@ -116,7 +114,7 @@ def round_trip(model: Model, images: np.ndarray, budget: Budget) -> dict:
     """Encode → decode PSNR (dB) per solver and NFE (both directions at that NFE)."""
     return {
         solver: {str(n): metrics.psnr(model.decode(model.encode(images, n, solver), n, solver), images)
-                 for n in budget.nfe if n // PER_STEP[solver] >= model.space.k}
+                 for n in budget.nfe if n // NFE_PER_STEP[solver] >= model.space.k}
         for solver in ("euler", "heun")
     }  # fmt: skip
 
@@ -132,7 +130,7 @@ def one_way(model: Model, budget: Budget, seed: int) -> dict:
         result[solver] = {
             str(n): metrics.psnr(model.decode(latents, n, solver), reference)
             for n in budget.nfe
-            if n // PER_STEP[solver] >= model.space.k
+            if n // NFE_PER_STEP[solver] >= model.space.k
         }
     return result
 
