@@ -7,26 +7,30 @@
         images = client.mix("a.png", "b.png", groups=1) # S1 (identity, pose) of b into a
         save_image(images[0], "mixed.png")
 
-`AsyncClient` (grouplat.client.aio) has the same methods, awaitable. The CLI is grouplat.client.cli.
+Generation settings: `settings=Settings(...)` (grouplat.settings.GenerationSettings) or single
+keywords (`steps=40`, `solver="gei2m"`, `schedule=...`) on any method; keywords win over the
+object, which wins over the latents' own settings, which win over the model's defaults.
+
+`AsyncClient` (grouplat.client.aio) has the same methods, awaitable. Modules: `client` and `aio`
+(the two APIs), `plans` (each method, once), `served` (the served model, settings resolution),
+`transport` and `runners` (deadline, retries, fail-over, tritonclient calls), `errors`, `latents`,
+`images`; `cli` the command line, `batch` the batch jobs.
 """
 
 from grouplat.client.aio import AsyncClient
-from grouplat.client.client import (
-    DEFAULT_SERVER,
-    SERVER_ENV,
-    Client,
+from grouplat.client.client import Client
+from grouplat.client.errors import (
     ClientError,
     DeadlineExceededError,
     InvalidRequestError,
     ModelMismatchError,
-    RetryPolicy,
-    ServedModel,
     ServerError,
     ServerUnavailableError,
-    parse_endpoints,
 )
 from grouplat.client.images import grid, load_image, save_image, to_model_images, to_pil, to_uint8
 from grouplat.client.latents import Latents, Settings
+from grouplat.client.served import ServedModel
+from grouplat.client.transport import DEFAULT_SERVER, SERVER_ENV, RetryPolicy, parse_endpoints
 
 __all__ = [
     "DEFAULT_SERVER",

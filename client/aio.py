@@ -1,147 +1,78 @@
 """`AsyncClient`: the same methods as `Client`, awaitable, over `tritonclient.grpc.aio`.
 
-It runs the very plans `Client` runs (grouplat.client.client), so the two cannot drift apart; only
-the transport differs. Use one AsyncClient per event loop.
+It runs the very plans `Client` runs (grouplat.client.plans), so the two cannot drift apart; only
+the runner differs (grouplat.client.runners). Use one AsyncClient per event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException
 
-from grouplat.client.client import (
-    Images,
-    LatentsOrImages,
-    Plan,
-    ServedModel,
-    T,
-    _Base,
-    _Config,
-    _Deadline,
-    _Infer,
-    _retryable,
-)
-from grouplat.client.latents import Latents
+from grouplat.client.latents import Latents, Settings
+from grouplat.client.plans import Groups, Images, LatentsOrImages, Plans
+from grouplat.client.runners import AsyncTransport
+from grouplat.client.served import Overrides, ServedModel, Wanted
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
-class AsyncClient(_Base):
-    """Awaitable twin of `Client` (same arguments, same methods, same errors).
+class AsyncClient(AsyncTransport, Plans):
+    """Awaitable twin of `Client`: the same arguments, methods, results and errors.
 
-    async with AsyncClient("localhost:8001") as client:
-        latents = await client.encode(images)
+    Args:
+        server, timeout, retry, ssl, root_certificates, private_key, certificate_chain: as `Client`.
+
+    Example:
+        async with AsyncClient("localhost:8001") as client:
+            z = await client.encode(images)
+            decoded, mixed = await asyncio.gather(client.decode(z), client.mix(a, b, groups=1))
     """
 
-    # -- transport ----------------------------------------------------------------------------
-    async def _run(self, plan: Plan[T], timeout: float | None) -> T:
-        deadline = _Deadline(self.timeout if timeout is None else timeout)
-        try:
-            request = next(plan)
-            while True:
-                request = plan.send(await self._call(request, deadline))
-        except StopIteration as done:
-            return done.value
-        finally:
-            plan.close()
-
-    async def _call(self, request: _Config | _Infer, deadline: _Deadline) -> Any:
-        tries = 0
-        while True:
-            endpoint = self.endpoints[self._current]
-            try:
-                return await self._attempt(endpoint, request, deadline)
-            except InferenceServerException as e:
-                if not _retryable(e):
-                    raise self._translate(e, endpoint, request, deadline) from None
-                await self._drop(endpoint)
-                tries += 1
-                await asyncio.sleep(self._after_unavailable(e, tries, deadline))
-
-    async def _attempt(self, endpoint: str, request: _Config | _Infer, deadline: _Deadline) -> Any:
-        connection = self._connections.get(endpoint)
-        if connection is None:
-            connection = aioclient.InferenceServerClient(endpoint, **self._connection_args())
-            self._connections[endpoint] = connection
-        if self._needs_check(endpoint, request):
-            answer = await connection.get_model_config(
-                "decode", as_json=True, client_timeout=deadline.remaining()
-            )
-            self._check_endpoint(endpoint, answer["config"])
-        if isinstance(request, _Config):
-            answer = await connection.get_model_config(
-                request.model, as_json=True, client_timeout=deadline.remaining()
-            )
-            self._check_endpoint(endpoint, answer["config"])
-            return answer["config"]
-        inputs, outputs = self._infer_inputs(aioclient, request)
-        result = await connection.infer(
-            request.model,
-            inputs,
-            outputs=outputs,
-            client_timeout=deadline.remaining(),
-            parameters=request.parameters,
-        )
-        return self._output(result, request)
-
-    async def _drop(self, endpoint: str) -> None:
-        connection = self._connections.pop(endpoint, None)
-        if connection is not None:
-            await connection.close()
-
-    async def close(self) -> None:
-        for endpoint in list(self._connections):
-            await self._drop(endpoint)
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    # -- API (see Client for the documentation of each method) ------------------------------------
     async def info(self, timeout: float | None = None) -> ServedModel:
+        """The served model (read once). Args, Returns, Raises: as `Client.info`."""
         return await self._run(self._plan_info(), timeout)
 
     async def encode(
         self,
         images: Images,
         *,
-        steps: int | None = None,
-        solver: str | None = None,
-        schedule: str | None = None,
+        settings: Settings | None = None,
         timeout: float | None = None,
+        **overrides: Unpack[Overrides],
     ) -> Latents:
-        return await self._run(self._plan_encode(images, steps, solver, schedule), timeout)
+        """Images → `Latents`. Args, Returns, Raises: as `Client.encode`."""
+        return await self._run(self._plan_encode(images, Wanted.of(settings, overrides)), timeout)
 
     async def decode(
         self,
         latents: Latents | np.ndarray,
         *,
         force: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-        schedule: str | None = None,
+        settings: Settings | None = None,
         timeout: float | None = None,
+        **overrides: Unpack[Overrides],
     ) -> np.ndarray:
-        return await self._run(self._plan_decode(latents, force, steps, solver, schedule), timeout)
+        """Latents → images [B, C, H, W]. Args, Returns, Raises: as `Client.decode`."""
+        return await self._run(self._plan_decode(latents, force, Wanted.of(settings, overrides)), timeout)
 
     async def mix(
         self,
         a: LatentsOrImages,
         b: LatentsOrImages,
-        groups: int | Iterable[int] | np.ndarray,
+        groups: Groups,
         *,
         force: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-        schedule: str | None = None,
+        settings: Settings | None = None,
         timeout: float | None = None,
+        **overrides: Unpack[Overrides],
     ) -> np.ndarray:
-        return await self._run(self._plan_mix(a, b, groups, force, steps, solver, schedule), timeout)
+        """Groups of `b` into `a` (Fig. 6). Args, Returns, Raises: as `Client.mix`."""
+        plan = self._plan_mix(a, b, groups, force, Wanted.of(settings, overrides))
+        return await self._run(plan, timeout)
 
     async def interpolate(
         self,
@@ -152,12 +83,12 @@ class AsyncClient(_Base):
         *,
         method: str = "linear",
         force: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-        schedule: str | None = None,
+        settings: Settings | None = None,
         timeout: float | None = None,
+        **overrides: Unpack[Overrides],
     ) -> np.ndarray:
-        plan = self._plan_interpolate(a, b, group, weights, method, force, steps, solver, schedule)
+        """One group from `a` to `b` (Fig. 4). Args, Returns, Raises: as `Client.interpolate`."""
+        plan = self._plan_interpolate(a, b, group, weights, method, force, Wanted.of(settings, overrides))
         return await self._run(plan, timeout)
 
     async def traverse(
@@ -168,12 +99,12 @@ class AsyncClient(_Base):
         values: Sequence[float] | np.ndarray,
         *,
         force: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-        schedule: str | None = None,
+        settings: Settings | None = None,
         timeout: float | None = None,
+        **overrides: Unpack[Overrides],
     ) -> np.ndarray:
-        plan = self._plan_traverse(latent, channel, index, values, force, steps, solver, schedule)
+        """One latent element swept (Fig. 7). Args, Returns, Raises: as `Client.traverse`."""
+        plan = self._plan_traverse(latent, channel, index, values, force, Wanted.of(settings, overrides))
         return await self._run(plan, timeout)
 
     async def reconstruct(
@@ -184,26 +115,26 @@ class AsyncClient(_Base):
         fill: str = "zeros",
         seed: int = 0,
         force: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-        schedule: str | None = None,
+        settings: Settings | None = None,
         timeout: float | None = None,
+        **overrides: Unpack[Overrides],
     ) -> np.ndarray:
-        plan = self._plan_reconstruct(latent, keep, fill, seed, force, steps, solver, schedule)
+        """Keep the first coefficients (Fig. 5). Args, Returns, Raises: as `Client.reconstruct`."""
+        plan = self._plan_reconstruct(latent, keep, fill, seed, force, Wanted.of(settings, overrides))
         return await self._run(plan, timeout)
 
     async def variations(
         self,
         latent: LatentsOrImages,
-        keep_groups: int | Iterable[int] | np.ndarray,
+        keep_groups: Groups,
         n: int,
         *,
         seed: int = 0,
         force: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-        schedule: str | None = None,
+        settings: Settings | None = None,
         timeout: float | None = None,
+        **overrides: Unpack[Overrides],
     ) -> np.ndarray:
-        plan = self._plan_variations(latent, keep_groups, n, seed, force, steps, solver, schedule)
+        """`n` images, kept groups fixed (Fig. 9). Args, Returns, Raises: as `Client.variations`."""
+        plan = self._plan_variations(latent, keep_groups, n, seed, force, Wanted.of(settings, overrides))
         return await self._run(plan, timeout)

@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from grouplat.client.client import DEFAULT_SERVER, DEFAULT_TIMEOUT, SERVER_ENV, Client, ClientError
+from grouplat.client.client import Client
+from grouplat.client.errors import ClientError
 from grouplat.client.images import grid, load_image, save_image
 from grouplat.client.latents import DTYPES, Latents
+from grouplat.client.transport import DEFAULT_SERVER, DEFAULT_TIMEOUT, SERVER_ENV
 
 COMMANDS = ("encode", "decode", "mix", "traverse", "interpolate", "variations", "reconstruct")
 LATENT_SUFFIX = ".latent"

@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handle(args: argparse.Namespace) -> int:
     from grouplat.client.batch.job import JobError, Task, run
-    from grouplat.client.client import ClientError
+    from grouplat.client.errors import ClientError
 
     task = Task(
         op=args.op,

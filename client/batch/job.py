@@ -56,9 +56,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from grouplat.client.client import DEFAULT_TIMEOUT, Client, ModelMismatchError, parse_endpoints
+from grouplat.client.client import Client
+from grouplat.client.errors import ModelMismatchError
 from grouplat.client.images import _from_pil, load_image, to_pil
 from grouplat.client.latents import DTYPES, Latents, Settings
+from grouplat.client.transport import DEFAULT_TIMEOUT, parse_endpoints
 
 FORMAT, VERSION = "grouplat-batch", 1
 OPERATIONS = ("encode", "decode", "mix")

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from grouplat.client.batch.job import Callback, Job, PlanRow, Worker, write_shard
-from grouplat.client.client import DEFAULT_TIMEOUT
+from grouplat.client.transport import DEFAULT_TIMEOUT
 
 ACTOR_CPUS = 0.5  # an actor mostly waits on the server; the servers do the work
 

@@ -1,0 +1,35 @@
+"""The errors the client raises for server-side problems; each is also a standard exception type.
+
+ClientError
+├── ServerUnavailableError  (ConnectionError)  no endpoint answered before the deadline
+├── DeadlineExceededError   (TimeoutError)     the call did not finish in time
+├── InvalidRequestError     (ValueError)       the server refused the request
+├── ModelMismatchError      (ValueError)       latents or endpoints of another model
+└── ServerError             (RuntimeError)     anything else
+"""
+
+from __future__ import annotations
+
+
+class ClientError(Exception):
+    """Base of the errors the client raises for server-side problems."""
+
+
+class ServerUnavailableError(ClientError, ConnectionError):
+    """No endpoint answered (gRPC UNAVAILABLE) before the call's deadline."""
+
+
+class DeadlineExceededError(ClientError, TimeoutError):
+    """The call did not finish within its deadline."""
+
+
+class InvalidRequestError(ClientError, ValueError):
+    """The server refused the request (gRPC INVALID_ARGUMENT); the message is the server's."""
+
+
+class ModelMismatchError(ClientError, ValueError):
+    """Latents of one model given to another (or endpoints serving different models)."""
+
+
+class ServerError(ClientError, RuntimeError):
+    """Any other server-side failure (unknown model, internal error, …)."""

@@ -1,0 +1,228 @@
+"""The client's methods, each written once as a *plan*, shared by `Client` and `AsyncClient`.
+
+A plan is a generator that yields the server requests it needs (grouplat.client.transport:
+`ConfigRequest`, `InferRequest`) and receives their answers; the runner of `Client` or of
+`AsyncClient` executes them, so the two clients cannot drift apart. The server contract (model and
+tensor names, shapes, parameters) is grouplat.serving.contract, documented in proto/README.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+import grouplat
+from grouplat.client.errors import ModelMismatchError
+from grouplat.client.images import to_model_images
+from grouplat.client.latents import Latents, Settings
+from grouplat.client.served import ServedModel, Wanted
+from grouplat.client.transport import ConfigRequest, InferRequest, Plan, Transport
+from grouplat.serving.contract import (
+    DECODE,
+    ENCODE,
+    FINGERPRINT,
+    GROUPS,
+    IMAGE,
+    IMAGE_A,
+    IMAGE_B,
+    LATENT,
+    MIX,
+)
+
+Images = Any  # see grouplat.client.images: uint8 HWC / float CHW arrays, PIL images, paths, lists
+LatentsOrImages = Latents | Images
+Groups = int | Iterable[int] | np.ndarray
+
+
+class Plans(Transport):
+    """The plans of every method and the model state they keep; the subclasses add a runner."""
+
+    _info: ServedModel | None = None  # the served model, read once
+
+    def _plan_config(self, model: str) -> Plan[dict[str, Any]]:
+        if model not in self._configs:
+            self._configs[model] = yield ConfigRequest(model)
+        return self._configs[model]
+
+    def _plan_info(self) -> Plan[ServedModel]:
+        if self._info is None:
+            config = yield from self._plan_config(DECODE)
+            self._info = ServedModel.from_config(config)
+            self._fingerprint = self._info.fingerprint  # every endpoint must serve this model
+        return self._info
+
+    def _plan_infer(
+        self, model: str, inputs: dict[str, np.ndarray], output: str, settings: Settings
+    ) -> Plan[Any]:
+        """Run one model on a batch, split into requests of at most the model's max_batch_size."""
+        config = yield from self._plan_config(model)
+        size = len(next(iter(inputs.values())))
+        step = int(config.get("max_batch_size") or size) or 1
+        parts = []
+        for start in range(0, size, step):
+            chunk = {name: array[start : start + step] for name, array in inputs.items()}
+            parts.append((yield InferRequest(model, chunk, output, settings.parameters())))
+        return np.concatenate(parts).astype(np.float32)
+
+    @staticmethod
+    def _groups(info: ServedModel, groups: Groups) -> np.ndarray:
+        """bool [k] from a group number, numbers (S1 is 1) or a mask, with a clear error."""
+        if isinstance(groups, int | np.integer) and not isinstance(groups, bool):
+            groups = [int(groups)]
+        try:
+            return info.space.selection(groups)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as e:
+            hint = "" if "1.." in str(e) else f" (groups are numbered 1..{info.space.k}, S1 is 1)"
+            raise ValueError(f"bad groups {groups!r}: {e}{hint}") from None
+
+    def _check_latents(self, latents: Latents, info: ServedModel, force: bool) -> None:
+        """Refuse latents of another model (unless forced) and latents of another shape (always)."""
+        where = self.endpoints[self._current]
+        if latents.space.latent_shape != info.space.latent_shape:
+            raise ModelMismatchError(
+                f"these latents are {latents.space.latent_shape} (images {latents.space.shape}), but the "
+                f"model at {where} uses {info.space.latent_shape} (images {info.space.shape})"
+            )
+        if force:
+            return
+        if latents.fingerprint != info.fingerprint:
+            raise ModelMismatchError(
+                f"these latents were made by model {latents.fingerprint!r}, but the server at {where} "
+                f"serves model {info.fingerprint!r}: decode them with the model that made them (or pass "
+                "force=True to decode them anyway)"
+            )
+        if latents.space != info.space:
+            raise ModelMismatchError(
+                f"these latents use {latents.space!r}, the model uses {info.space!r} (pass force=True to "
+                "decode them anyway)"
+            )
+
+    def _plan_encode(self, images: Images, wanted: Wanted) -> Plan[Latents]:
+        info = yield from self._plan_info()
+        x = to_model_images(images, info.space.shape)
+        settings = wanted.resolve(info)
+        z = yield from self._plan_infer(ENCODE, {IMAGE: x}, LATENT, settings)
+        return Latents(z, info.fingerprint, info.space, settings)
+
+    def _plan_latents(
+        self, item: LatentsOrImages, force: bool, wanted: Wanted, single: str = ""
+    ) -> Plan[Latents]:
+        """`Latents` as given (checked against the model), anything else encoded as images."""
+        if isinstance(item, Latents):
+            info = yield from self._plan_info()
+            self._check_latents(item, info, force)
+            latents = item
+        else:
+            latents = yield from self._plan_encode(item, wanted)
+        if single and len(latents) != 1:
+            raise ValueError(f"{single} takes one latent or image, got {len(latents)}")
+        return latents
+
+    def _plan_decode(self, latents: Latents | np.ndarray, force: bool, wanted: Wanted) -> Plan[np.ndarray]:
+        info = yield from self._plan_info()
+        inputs: dict[str, np.ndarray] = {}
+        base = None
+        if isinstance(latents, Latents):
+            self._check_latents(latents, info, force)
+            values = latents.values
+            if latents.space == info.space:
+                base = latents.settings  # decode with the settings that made the latents
+            if latents.fingerprint == info.fingerprint:  # the server checks it too
+                inputs[FINGERPRINT] = np.full((len(values), 1), info.fingerprint.encode(), dtype=object)
+        else:  # a bare array claims no model: only its shape is checked
+            values = np.asarray(latents, dtype=np.float32)
+            values = values[None] if values.ndim == 2 else values
+            info.space.check_latents(values)
+            if not np.isfinite(values).all():
+                raise ValueError("latents contain NaN or infinity")
+        settings = wanted.resolve(info, base)
+        inputs = {LATENT: np.ascontiguousarray(values, dtype=np.float32), **inputs}
+        return (yield from self._plan_infer(DECODE, inputs, IMAGE, settings))
+
+    def _plan_mix(
+        self, a: LatentsOrImages, b: LatentsOrImages, groups: Groups, force: bool, wanted: Wanted
+    ) -> Plan[np.ndarray]:
+        info = yield from self._plan_info()
+        chosen = self._groups(info, groups)
+        if not chosen.any():
+            raise ValueError("mix needs at least one group to take from b")
+        if not isinstance(a, Latents) and not isinstance(b, Latents):  # the server's mix model
+            xa, xb = _pair(to_model_images(a, info.space.shape), to_model_images(b, info.space.shape))
+            inputs = {IMAGE_A: xa, IMAGE_B: xb, GROUPS: np.repeat(chosen[None], len(xa), axis=0)}
+            return (yield from self._plan_infer(MIX, inputs, IMAGE, wanted.resolve(info)))
+        za = yield from self._plan_latents(a, force, wanted)
+        zb = yield from self._plan_latents(b, force, wanted)
+        if za.fingerprint != zb.fingerprint and not force:
+            raise ModelMismatchError(
+                f"cannot mix latents of model {za.fingerprint!r} with latents of model {zb.fingerprint!r}"
+            )
+        va, vb = _pair(za.values, zb.values)
+        mixed = za.replace(grouplat.mix(za.space, va, vb, chosen))
+        return (yield from self._plan_decode(mixed, force, wanted))
+
+    def _plan_interpolate(
+        self,
+        a: LatentsOrImages,
+        b: LatentsOrImages,
+        group: int,
+        weights: Sequence[float] | np.ndarray,
+        method: str,
+        force: bool,
+        wanted: Wanted,
+    ) -> Plan[np.ndarray]:
+        w = _finite(weights, "weights")
+        za = yield from self._plan_latents(a, force, wanted, single="interpolate")
+        zb = yield from self._plan_latents(b, force, wanted, single="interpolate")
+        moved = za.replace(grouplat.interpolate(za.space, za.values[0], zb.values[0], group, w, method))
+        return (yield from self._plan_decode(moved, force, wanted))
+
+    def _plan_traverse(
+        self,
+        latent: LatentsOrImages,
+        channel: int,
+        index: int,
+        values: Sequence[float] | np.ndarray,
+        force: bool,
+        wanted: Wanted,
+    ) -> Plan[np.ndarray]:
+        v = _finite(values, "values")
+        z = yield from self._plan_latents(latent, force, wanted, single="traverse")
+        moved = z.replace(grouplat.traverse(z.space, z.values[0], channel, index, v))
+        return (yield from self._plan_decode(moved, force, wanted))
+
+    def _plan_reconstruct(
+        self, latent: LatentsOrImages, keep: int, fill: str, seed: int, force: bool, wanted: Wanted
+    ) -> Plan[np.ndarray]:
+        z = yield from self._plan_latents(latent, force, wanted)
+        kept = z.replace(grouplat.keep_first(z.space, z.values, keep, fill, seed))
+        return (yield from self._plan_decode(kept, force, wanted))
+
+    def _plan_variations(
+        self, latent: LatentsOrImages, keep_groups: Groups, n: int, seed: int, force: bool, wanted: Wanted
+    ) -> Plan[np.ndarray]:
+        info = yield from self._plan_info()
+        keep = self._groups(info, keep_groups)
+        z = yield from self._plan_latents(latent, force, wanted, single="variations")
+        varied = z.replace(grouplat.variations(z.space, z.values[0], keep, n, seed))
+        return (yield from self._plan_decode(varied, force, wanted))
+
+
+def _finite(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    """float64 [N], N ≥ 1, all finite (interpolation weights, traversal values)."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or len(array) == 0 or not np.isfinite(array).all():
+        raise ValueError(f"{name} must be a non-empty list of finite numbers, got {values!r}")
+    return array
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Broadcast one of two batches of one against the other (mix: one reference for many)."""
+    if len(a) == len(b):
+        return a, b
+    if len(b) == 1:
+        return a, np.repeat(b, len(a), axis=0)
+    if len(a) == 1:
+        return np.repeat(a, len(b), axis=0), b
+    raise ValueError(f"mix needs as many b as a, or one of either; got {len(a)} and {len(b)}")

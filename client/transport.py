@@ -1,0 +1,238 @@
+"""The client's transport: endpoints, deadline, retries, fail-over and error translation.
+
+Plans (grouplat.client.plans) yield requests (`ConfigRequest`, `InferRequest`) and receive their
+answers; a runner (grouplat.client.runners: blocking or asyncio tritonclient) executes them with
+the shared steps of `Transport`:
+- a deadline over the whole method call (`Deadline`);
+- retries with exponential backoff (`RetryPolicy`) on UNAVAILABLE only (and on Triton's NOT_FOUND
+  for a model that is unloading, which a restarting server answers: `retryable`);
+- fail-over across several endpoints, each checked to serve the same model (its fingerprint);
+- TLS, and the translation of gRPC statuses into the errors of grouplat.client.errors.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from grouplat.client.errors import (
+    ClientError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    ModelMismatchError,
+    ServerError,
+    ServerUnavailableError,
+)
+from grouplat.serving.contract import FINGERPRINT_PARAM
+
+DEFAULT_SERVER = "127.0.0.1:8001"
+SERVER_ENV = "GROUPLAT_SERVER"  # "host:port" or a comma-separated list of endpoints
+DEFAULT_TIMEOUT = 120.0  # seconds for one method call, retries included
+MIN_ATTEMPT = 0.05  # seconds: no retry is started with less time than this left
+UNLOADING = "has no available versions"  # Triton's NOT_FOUND message while a model unloads
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    # Reconnect quickly after a server restart (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff between tries after UNAVAILABLE, until the call's deadline."""
+
+    initial: float = 0.05  # seconds before the second round of tries
+    maximum: float = 1.0  # longest wait between rounds
+    multiplier: float = 2.0  # growth per round
+    jitter: float = 0.5  # each wait is scaled by a uniform factor in [1 − jitter, 1]
+
+    def delay(self, round_: int) -> float:
+        """Seconds to wait before round `round_ + 1` of tries (0: after the first round)."""
+        base = min(self.maximum, self.initial * self.multiplier**round_)
+        return base * (1.0 - self.jitter * random.random())
+
+
+def parse_endpoints(server: str | Sequence[str] | None = None) -> list[str]:
+    """The endpoints named by `server`, else by $GROUPLAT_SERVER, else the default.
+
+    Args:
+        server: "host:port", "host1:port1,host2:port2" or a list of "host:port".
+
+    Returns:
+        The endpoints, in order of preference.
+
+    Raises:
+        ValueError: no endpoint, or one that is not host:port (a URL, a missing port).
+    """
+    if server is None:
+        server = os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+    items = server.split(",") if isinstance(server, str) else list(server)
+    endpoints = [e.strip() for e in items if e.strip()]
+    if not endpoints:
+        raise ValueError("no server address given")
+    for endpoint in endpoints:
+        if "://" in endpoint or ":" not in endpoint:
+            raise ValueError(f"server address must be host:port (the gRPC port), got {endpoint!r}")
+    return endpoints
+
+
+# -- the requests that plans yield ---------------------------------------------------------------
+@dataclass(frozen=True)
+class ConfigRequest:
+    """Read a model's config (answered with the config as JSON)."""
+
+    model: str
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """Run a model on one batch (answered with the named output as a numpy array)."""
+
+    model: str
+    inputs: dict[str, np.ndarray]
+    output: str
+    parameters: dict[str, str | int]
+
+
+Request = ConfigRequest | InferRequest
+Plan = Generator[Request, Any, T]
+
+
+def status(error: InferenceServerException) -> str:
+    """The gRPC status name of a tritonclient error ("UNAVAILABLE", …)."""
+    return str(error.status() or "").removeprefix("StatusCode.")
+
+
+def retryable(error: InferenceServerException) -> bool:
+    """UNAVAILABLE, CANCELLED, or Triton's NOT_FOUND for a model that is unloading.
+
+    A Triton server that is shutting down cancels the requests in flight (seen about once in ten
+    restarts) and unloads its models before it closes its port, answering NOT_FOUND "has no
+    available versions" in between (measured: about 1 s of a 3.5 s graceful stop). A restart is
+    transient and every model is deterministic, so those are retried like UNAVAILABLE. An unknown
+    model name ("… is not found") is not.
+    """
+    code = status(error)
+    return code in ("UNAVAILABLE", "CANCELLED") or (code == "NOT_FOUND" and UNLOADING in str(error.message()))
+
+
+class Deadline:
+    """The end of one method call, `seconds` from now."""
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError(f"timeout must be positive, got {seconds}")
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+
+class Transport:
+    """Endpoints, connections and the steps of a call that both runners share."""
+
+    def __init__(
+        self,
+        server: str | Sequence[str] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+    ) -> None:
+        self.endpoints = parse_endpoints(server)
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+        self._tls = {
+            "ssl": ssl,
+            "root_certificates": root_certificates,
+            "private_key": private_key,
+            "certificate_chain": certificate_chain,
+        }
+        self._current = 0  # index of the endpoint in use
+        self._configs: dict[str, dict[str, Any]] = {}  # model → its config, read once
+        self._fingerprint: str | None = None  # the model every endpoint must serve, once read
+        self._checked: set[str] = set()  # endpoints known to serve the model `_fingerprint`
+        self.retries = 0  # tries repeated after UNAVAILABLE, over the client's life (for monitoring)
+        self._connections: dict[str, Any] = {}  # endpoint → tritonclient (grpc or grpc.aio) client
+
+    def _connection_args(self) -> dict[str, Any]:
+        return {**self._tls, "channel_args": CHANNEL_ARGS}
+
+    def _needs_check(self, endpoint: str, request: Request) -> bool:
+        """A new endpoint (after fail-over) is asked for its fingerprint before it gets an infer."""
+        return (
+            self._fingerprint is not None
+            and endpoint not in self._checked
+            and isinstance(request, InferRequest)
+        )
+
+    def _check_endpoint(self, endpoint: str, config: dict[str, Any]) -> None:
+        fingerprint = config.get("parameters", {}).get(FINGERPRINT_PARAM, {}).get("string_value", "")
+        if self._fingerprint is not None and fingerprint != self._fingerprint:
+            raise ModelMismatchError(
+                f"the server at {endpoint} serves model {fingerprint!r} ({config.get('name')}), but this "
+                f"client talks to model {self._fingerprint!r}: every endpoint must serve the same model"
+            )
+        self._checked.add(endpoint)
+
+    @staticmethod
+    def _infer_inputs(module: Any, request: InferRequest) -> tuple[list[Any], list[Any]]:
+        inputs = []
+        for name, array in request.inputs.items():
+            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs, [module.InferRequestedOutput(request.output)]
+
+    @staticmethod
+    def _output(result: Any, request: InferRequest) -> np.ndarray:
+        out = result.as_numpy(request.output)
+        if out is None:
+            raise ServerError(f"the {request.model} model answered without output {request.output}")
+        return np.asarray(out)
+
+    def _after_unavailable(self, error: InferenceServerException, tries: int, deadline: Deadline) -> float:
+        """Move to the next endpoint; return how long to wait first, or raise when out of time."""
+        self.retries += 1
+        self._current = (self._current + 1) % len(self.endpoints)
+        round_, position = divmod(tries, len(self.endpoints))
+        delay = self.retry.delay(round_ - 1) if position == 0 else 0.0  # wait after a full round
+        left = deadline.remaining()
+        if left <= MIN_ATTEMPT:
+            where = ", ".join(self.endpoints)
+            raise ServerUnavailableError(
+                f"grouplat server unavailable: no answer from {where} within the {deadline.seconds:g} s "
+                f"deadline ({tries} tries; last error: {error.message()})"
+            ) from None
+        return min(delay, left - MIN_ATTEMPT)
+
+    @staticmethod
+    def _translate(
+        error: InferenceServerException, endpoint: str, request: Request, deadline: Deadline
+    ) -> ClientError:
+        code, message = status(error), error.message()
+        what = f"{request.model} {'request' if isinstance(request, InferRequest) else 'config request'}"
+        if code == "INVALID_ARGUMENT":
+            return InvalidRequestError(f"the server at {endpoint} refused the {what}: {message}")
+        if code == "DEADLINE_EXCEEDED":
+            return DeadlineExceededError(
+                f"the {what} to {endpoint} did not finish within the call's {deadline.seconds:g} s deadline "
+                "(pass a longer timeout= for slow models)"
+            )
+        return ServerError(f"the {what} to {endpoint} failed ({code or 'error'}): {message}")
