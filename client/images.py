@@ -13,9 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+
+from grouplat.images import crop_resize, from_uint8, to_uint8
+
+__all__ = ["grid", "load_image", "save_image", "to_model_images", "to_pil", "to_uint8"]
 
 RANGE_TOLERANCE = 1e-3  # float images may overshoot [-1, 1] by this much (rounding); it is clipped
 
@@ -29,27 +33,31 @@ def _pil() -> Any:
 
 
 def load_image(
-    path: str | os.PathLike[str], channels: int = 3, size: tuple[int, int] | None = None
+    path: str | os.PathLike[str] | IO[bytes], channels: int = 3, size: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Read an image file as uint8 [H, W, C] (C = 1 or 3).
+    """Read an image file as uint8 [H, W, C].
 
-    With `size=(H, W)` the image is centre-cropped to that aspect ratio and resized (Lanczos).
+    Args:
+        path: an image file, or a binary file object holding one (e.g. a zip member).
+        channels: 1 (grey) or 3 (RGB); the image is converted to it.
+        size: (H, W) to centre-crop to that aspect ratio and resize to (Lanczos); None keeps the size.
+
+    Returns:
+        uint8 [H, W, C], C = `channels`.
+
+    Raises:
+        ValueError: `channels` other than 1 or 3.
+        OSError: the file cannot be read or is not an image (FileNotFoundError when missing).
     """
-    image = _pil().open(path)
-    return _from_pil(image, channels, size)
+    return _from_pil(_pil().open(path), channels, size)
 
 
 def _from_pil(image: Any, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    Image = _pil()
     if channels not in (1, 3):
         raise ValueError(f"image files and PIL images can feed models with 1 or 3 channels, not {channels}")
     image = image.convert("L" if channels == 1 else "RGB")
-    if size is not None and (image.height, image.width) != tuple(size):
-        h, w = size
-        scale = min(image.width / w, image.height / h)
-        cw, ch = round(w * scale), round(h * scale)
-        left, top = (image.width - cw) // 2, (image.height - ch) // 2
-        image = image.resize((w, h), Image.Resampling.LANCZOS, box=(left, top, left + cw, top + ch))
+    if size is not None:
+        image = crop_resize(image, size)
     array = np.asarray(image, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
 
@@ -59,10 +67,22 @@ def _is_single(item: object) -> bool:
 
 
 def to_model_images(images: Any, shape: Sequence[int]) -> np.ndarray:
-    """Any accepted input → float32 [B, C, H, W] in [-1, 1] for a model with image shape (C, H, W).
+    """Any accepted input (see the module docstring) → the model's images.
 
-    Raises ValueError (shape, range, dtype) or FileNotFoundError with a message that says what
-    was expected.
+    Args:
+        images: one image, a list or tuple of them, or a batch array.
+        shape: the model's image shape (C, H, W).
+
+    Returns:
+        float32 [B, C, H, W] in [-1, 1].
+
+    Raises:
+        ValueError: the wrong size, channels, dtype or range (the message says what was expected).
+        FileNotFoundError: a path that is not a file.
+
+    Example:
+        >>> to_model_images(np.full((16, 16, 3), 255, np.uint8), (3, 16, 16)).shape
+        (1, 3, 16, 16)
     """
     c, h, w = (int(s) for s in shape)
     if isinstance(images, list | tuple):
@@ -76,7 +96,7 @@ def to_model_images(images: Any, shape: Sequence[int]) -> np.ndarray:
             array = load_image(images, c)
         else:
             array = _from_pil(images, c)
-        return _check_size(_uint8_to_model(array[None]), shape, "image")
+        return _check_size(from_uint8(array[None]), shape, "image")
     array = np.asarray(images)
     if array.dtype == np.uint8:
         if array.ndim == 2:
@@ -85,7 +105,7 @@ def to_model_images(images: Any, shape: Sequence[int]) -> np.ndarray:
             array = array[None]
         if array.ndim != 4:
             raise ValueError(f"uint8 images must be [H, W], [H, W, C] or [B, H, W, C], got {array.shape}")
-        return _check_size(_uint8_to_model(array), shape, "uint8 image (channels last)")
+        return _check_size(from_uint8(array), shape, "uint8 image (channels last)")
     if array.dtype.kind == "f":
         if array.ndim == 3:
             array = array[None]
@@ -106,11 +126,6 @@ def to_model_images(images: Any, shape: Sequence[int]) -> np.ndarray:
     )
 
 
-def _uint8_to_model(array: np.ndarray) -> np.ndarray:
-    """uint8 [B, H, W, C] → float32 [B, C, H, W] in [-1, 1]."""
-    return (array.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0).astype(np.float32)
-
-
 def _check_size(array: np.ndarray, shape: Sequence[int], kind: str) -> np.ndarray:
     if tuple(array.shape[1:]) != tuple(shape):
         c, h, w = shape
@@ -123,25 +138,38 @@ def _check_size(array: np.ndarray, shape: Sequence[int], kind: str) -> np.ndarra
     return array
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Model images float [B, C, H, W] (or [C, H, W]) in [-1, 1] → uint8 [B, H, W, C] (or [H, W, C])."""
-    images = np.asarray(images, dtype=np.float32)
-    scaled = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return np.moveaxis(scaled, -3, -1)
-
-
 def to_pil(images: np.ndarray) -> list[Any]:
-    """Model images [B, C, H, W] (or one [C, H, W]) → a list of PIL images (RGB or L)."""
+    """Model images → PIL images.
+
+    Args:
+        images: float [B, C, H, W] or one [C, H, W], in [-1, 1] (clipped), C = 1 or 3.
+
+    Returns:
+        B PIL images, mode "RGB" (C = 3) or "L" (C = 1).
+    """
     pixels = to_uint8(np.asarray(images)[None] if np.ndim(images) == 3 else images)
     Image = _pil()
     return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
 
 
 def grid(images: np.ndarray, columns: int | None = None, pad: int = 2, background: int = 255) -> np.ndarray:
-    """Tile model images into one uint8 [H', W', C] picture, like the paper's figures.
+    """Tile model images into one picture, like the paper's figures.
 
-    `images` is [N, C, H, W] (rows of `columns`, default one row) or [R, N, C, H, W] (R rows).
-    Cells are `pad` pixels apart; the picture is `cols·W + (cols−1)·pad` wide.
+    Args:
+        images: float [N, C, H, W] (laid out in rows of `columns`) or [R, N, C, H, W] (R rows).
+        columns: cells per row for [N, C, H, W] input; default all N in one row.
+        pad: pixels between cells.
+        background: the uint8 value of the padding (and of the empty cells after the last image).
+
+    Returns:
+        uint8 [rows·H + (rows−1)·pad, cols·W + (cols−1)·pad, C].
+
+    Raises:
+        ValueError: images of another rank.
+
+    Example:
+        >>> grid(np.zeros((5, 3, 16, 16), np.float32), columns=3).shape
+        (34, 52, 3)
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 4:
@@ -162,7 +190,16 @@ def grid(images: np.ndarray, columns: int | None = None, pad: int = 2, backgroun
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike[str]) -> None:
-    """Write one picture: uint8 [H, W, C] (e.g. from `grid`) or a model image float [C, H, W]."""
+    """Write one picture to an image file (the format follows the suffix).
+
+    Args:
+        image: uint8 [H, W, C] (e.g. from `grid`), or a model image float [C, H, W] (or [1, C, H, W])
+            in [-1, 1].
+        path: where to write it.
+
+    Raises:
+        ValueError: not one image.
+    """
     image = np.asarray(image)
     if image.dtype != np.uint8:
         if image.ndim == 4 and len(image) == 1:
