@@ -25,10 +25,28 @@ DTYPES = {"float32": latent_pb2.DTYPE_FLOAT32, "float16": latent_pb2.DTYPE_FLOAT
 
 @dataclass(frozen=True, eq=False)
 class Latents:
-    """B latents `values` (float32 [B, C, H·W]) of the model with fingerprint `fingerprint`.
+    """B latents of one model, with the model's fingerprint, the latent layout and the settings.
 
-    `dtype` is how `to_bytes` stores the coefficients (`float16` halves the size; values are then
-    rounded to float16 when written). Compare two codes by their bytes.
+    A value: `values` are read-only, and edits make new Latents (`replace`). Compare two codes by
+    their bytes (`to_bytes`).
+
+    Attributes:
+        values: float32 [B, C, H·W] (a [C, H·W] array is taken as a batch of one).
+        fingerprint: the sha256 hex of the model that made them.
+        space: the latent layout (image shape, basis, groups).
+        settings: the generation settings of the encode that made them (decode uses them by default).
+        dtype: how `to_bytes` stores the coefficients: `float32`, or `float16` (half the size,
+            rounded when written).
+
+    Raises:
+        ValueError: values that do not fit `space`, or an unknown dtype.
+
+    Example:
+        >>> from grouplat.space import LatentSpace
+        >>> z = Latents(np.zeros((2, 3, 256)), "ab" * 32, LatentSpace((3, 16, 16), "dct", (30, 100, 200)),
+        ...             Settings(steps=30))
+        >>> len(z), Latents.from_bytes(z.to_bytes()).to_bytes() == z.to_bytes()
+        (2, True)
     """
 
     values: np.ndarray
@@ -52,18 +70,35 @@ class Latents:
         return len(self.values)
 
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Latents:
-        """A subset, still [B', C, H·W] (an integer index keeps a batch of one)."""
+        """A subset, still a batch: `z[0]` is [1, C, H·W] (an int, slice, index list or mask)."""
         if isinstance(index, int | np.integer):
             index = slice(int(index), int(index) + 1 if index != -1 else None)
         return self.replace(self.values[index])
 
     def replace(self, values: np.ndarray) -> Latents:
-        """New values (e.g. from `grouplat.mix(z.space, z.values, …)`), same model and settings."""
+        """The same model, layout, settings and dtype with new values.
+
+        Args:
+            values: float [B', C, H·W], e.g. from `grouplat.mix(z.space, z.values, …)`.
+
+        Returns:
+            New Latents.
+        """
         return Latents(values, self.fingerprint, self.space, self.settings, self.dtype)
 
     @classmethod
     def concat(cls, parts: Sequence[Latents]) -> Latents:
-        """Join latents of one model along the batch axis."""
+        """Join latents of one model along the batch axis.
+
+        Args:
+            parts: Latents of one fingerprint and layout (the first's settings and dtype are kept).
+
+        Returns:
+            Latents of sum(len(p) for p in parts).
+
+        Raises:
+            ValueError: no parts, or parts of different models.
+        """
         if not parts:
             raise ValueError("nothing to concatenate")
         first = parts[0]
@@ -74,6 +109,7 @@ class Latents:
 
     # -- wire format -------------------------------------------------------------------------
     def to_proto(self) -> latent_pb2.LatentCode:
+        """The `grouplat.v1.LatentCode` message (proto/latent.proto)."""
         layout = self.space.describe()
         boundaries = self.space.boundaries
         return latent_pb2.LatentCode(
@@ -93,6 +129,11 @@ class Latents:
 
     @classmethod
     def from_proto(cls, code: latent_pb2.LatentCode) -> Latents:
+        """Latents from a `grouplat.v1.LatentCode` message.
+
+        Raises:
+            ValueError: a format version this grouplat does not read, or an inconsistent code.
+        """
         if code.format_version == 0 or code.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"latent code format version {code.format_version} is not one this grouplat reads "
@@ -131,6 +172,11 @@ class Latents:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Latents:
+        """Latents from serialized `grouplat.v1.LatentCode` bytes.
+
+        Raises:
+            ValueError: not a latent code, or one `from_proto` refuses.
+        """
         code = latent_pb2.LatentCode()
         try:
             code.ParseFromString(data)
@@ -139,12 +185,13 @@ class Latents:
         return cls.from_proto(code)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the code's bytes to `path` (by convention `*.latent`)."""
+        """Write `to_bytes()` to `path` (by convention `*.latent`)."""
         with open(path, "wb") as f:
             f.write(self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Latents:
+        """Read a `*.latent` file (see `from_bytes`; OSError when unreadable)."""
         with open(path, "rb") as f:
             return cls.from_bytes(f.read())
 
