@@ -41,9 +41,9 @@ def cells(path: Path, rows: int, cols: int, h: int = 16, w: int = 16) -> np.ndar
 
 # -- offline ---------------------------------------------------------------------------------------
 def test_argument_types() -> None:
-    np.testing.assert_allclose(parse_values("-3:3:7"), np.arange(-3, 4))
-    np.testing.assert_allclose(parse_values("-1.5,0,2"), [-1.5, 0, 2])
-    np.testing.assert_allclose(parse_values("2"), [2])
+    np.testing.assert_allclose(parse_values("-3:3:7"), np.arange(-3, 4), rtol=0, atol=1e-12)  # holds 0
+    np.testing.assert_allclose(parse_values("-1.5,0,2"), [-1.5, 0, 2], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(parse_values("2"), [2], rtol=0, atol=1e-12)
     assert parse_index("2:17") == (2, 17)
     assert parse_ints("1,2") == [1, 2] and parse_ints("none") == []
     for parse, bad in ((parse_values, "1:2"), (parse_values, "a,b"), (parse_index, "3"), (parse_ints, "x")):

@@ -26,10 +26,12 @@ from grouplat.client import (
     Latents,
     ModelMismatchError,
     ServerUnavailableError,
+    Settings,
     save_image,
     to_pil,
     to_uint8,
 )
+from grouplat.client.transport import ConfigRequest, Deadline, InferRequest
 from grouplat.serving.server import EmbeddedServer, _free_ports
 
 
@@ -191,6 +193,37 @@ def test_latent_file_round_trip_and_decode(client: Client, images: np.ndarray, t
     # Decoding uses the code's own settings (which invert its encode) unless told otherwise.
     np.testing.assert_array_equal(client.decode(back), client.decode(z, solver="euler", steps=30))
     assert not np.allclose(client.decode(back), client.decode(back, solver="heun", steps=20), atol=1e-4)
+
+
+def test_settings_object_and_keywords_make_the_same_request(
+    client: Client, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    z = client.encode(images[:2], solver="euler", steps=30)
+    sent: list[InferRequest] = []
+    call = client._call
+
+    def record(request: ConfigRequest | InferRequest, deadline: Deadline) -> object:
+        if isinstance(request, InferRequest):
+            sent.append(request)
+        return call(request, deadline)
+
+    monkeypatch.setattr(client, "_call", record)
+    by_keywords = client.decode(z, steps=12, solver="gei2m")
+    by_object = client.decode(z, settings=Settings("gei2m", 12))
+    (a, b) = sent
+    assert a.model == b.model == "decode" and a.parameters == b.parameters
+    assert a.parameters == {"solver": "gei2m", "steps": 12, "schedule": z.settings.schedule}
+    assert a.inputs.keys() == b.inputs.keys()
+    for name in a.inputs:
+        np.testing.assert_array_equal(a.inputs[name], b.inputs[name])
+    np.testing.assert_array_equal(by_object, by_keywords)  # same request, same (deterministic) answer
+    # Keywords override single fields of the object; with neither, the latents' own settings apply.
+    client.decode(z, settings=Settings("gei2m", 12), steps=8)
+    client.decode(z)
+    assert [(r.parameters["solver"], r.parameters["steps"]) for r in sent[2:]] == [
+        ("gei2m", 8),
+        ("euler", 30),
+    ]
 
 
 def test_wrong_fingerprint_is_refused(

@@ -1,0 +1,43 @@
+"""The client's generation settings, offline: a settings object and keyword overrides resolve
+through one helper (grouplat.client.served.Wanted) with one precedence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import grouplat
+from grouplat.client import Client, Latents, ServedModel, Settings
+from grouplat.client.served import Wanted
+
+SPACE = grouplat.LatentSpace((3, 16, 16), "dct", (30, 100, 200))
+MODEL = ServedModel("ab" * 32, SPACE, Settings("heun", 20).check(4), "0.1,0.2,0.3", True)
+OWN = Settings("euler", 30, "0.2,0.4,0.6")  # a latent's own settings
+
+
+def test_precedence_keywords_over_object_over_latents_over_model() -> None:
+    assert Wanted().resolve(MODEL) == MODEL.settings
+    assert Wanted().resolve(MODEL, OWN) == OWN
+    assert Wanted(Settings("gei2m", 12)).resolve(MODEL, OWN) == Settings("gei2m", 12, OWN.schedule)
+    assert Wanted(Settings("gei2m", 12), steps=8).resolve(MODEL, OWN) == Settings("gei2m", 8, OWN.schedule)
+    assert Wanted(steps=8).resolve(MODEL, OWN) == Settings("euler", 8, OWN.schedule)
+    assert Wanted(schedule="0.3,0.5,0.7").resolve(MODEL) == Settings("heun", 20, "0.3,0.5,0.7")
+
+
+def test_the_object_and_the_keywords_resolve_alike() -> None:
+    for base in (None, OWN):
+        by_object = Wanted.of(Settings("gei2m", 12), {}).resolve(MODEL, base)
+        by_keywords = Wanted.of(None, {"solver": "gei2m", "steps": 12}).resolve(MODEL, base)
+        assert by_object == by_keywords
+    assert Wanted.of(None, {"steps": None, "solver": None, "schedule": None}) == Wanted()  # None: not given
+
+
+def test_bad_settings_fail_before_anything_is_sent() -> None:
+    z = Latents(np.zeros((1, 3, 256)), MODEL.fingerprint, SPACE, OWN)
+    client = Client("127.0.0.1:1")  # never contacted
+    with pytest.raises(TypeError, match="unexpected keyword argument.*step"):
+        client.decode(z, step=30)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="GenerationSettings"):
+        client.decode(z, settings={"steps": 30})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown solver"):
+        Wanted(solver="rk4").resolve(MODEL)
