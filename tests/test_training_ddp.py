@@ -102,8 +102,16 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
         for run in ("ddp", "single")
     ]
     assert first[0].keys() == first[1].keys() and len(first[0]) > 10
+    # A gradient entry near 0 is a sum that cancels: its float32 error follows the size of its terms,
+    # not its own (here out_conv.bias's gradient is 0 up to rounding, ~1e-9), so rtol alone cannot
+    # hold there. The absolute part is 1e-4 of the largest entry of the same kind (exp_avg, …).
+    largest = {
+        kind: max(v.abs().max().item() for k, v in first[1].items() if k.endswith(f".{kind}"))
+        for kind in {name.rsplit(".", 1)[1] for name in first[1]}
+    }
     for name in first[0]:
-        torch.testing.assert_close(first[0][name], first[1][name], rtol=1e-4, atol=1e-9)
+        atol = 1e-4 * largest[name.rsplit(".", 1)[1]]
+        torch.testing.assert_close(first[0][name], first[1][name], rtol=1e-4, atol=atol)
     gradient = torch.cat([v.flatten() for k, v in first[1].items() if k.endswith("exp_avg")])
     assert gradient.abs().max() > 1e-3  # a real step was taken
 
