@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-BASES = ("dct", "pixel")
+BASES = ("dct", "pixel")  # the names `Basis` and `LatentSpace` accept
 
 
 def dct_matrix(n: int) -> np.ndarray:
-    """Orthonormal DCT-II matrix, float64: `D[k, m] = sqrt((2 − δ_k0)/n) · cos(π(2m+1)k / 2n)`."""
+    """Orthonormal DCT-II matrix, float64: `D[k, m] = sqrt((2 − δ_k0)/n) · cos(π(2m+1)k / 2n)`.
+
+    Args:
+        n: the signal length.
+
+    Returns:
+        float64 [n, n]; row k is frequency k, so `D @ x` transforms and `D.T @ X̄` inverts.
+
+    Example:
+        >>> d = dct_matrix(4)
+        >>> bool(np.allclose(d @ d.T, np.eye(4))), bool(np.allclose(d[0], 0.5))
+        (True, True)
+    """
     k = np.arange(n)[:, None]
     m = np.arange(n)[None, :]
     scale = np.where(k == 0, np.sqrt(1.0 / n), np.sqrt(2.0 / n))
@@ -24,6 +36,17 @@ def dct_order(height: int, width: int) -> np.ndarray:
 
     This is the order of descending Gaussian-blur (heat equation, Neumann boundary) eigenvalue,
     so index 0 is the DC term and low frequencies come first.
+
+    Args:
+        height: H, the number of rows.
+        width: W, the number of columns.
+
+    Returns:
+        int [H·W]: entry i is the row-major index `ky·W + kx` of the i-th coefficient of a latent.
+
+    Example:
+        >>> dct_order(2, 3).tolist()  # (0,0) (0,1) (1,0) (1,1) (0,2) (1,2)
+        [0, 1, 3, 4, 2, 5]
     """
     ky, kx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     frequency = (ky / height) ** 2 + (kx / width) ** 2
@@ -34,7 +57,28 @@ class Basis:
     """Forward (`to_latent`) and inverse (`from_latent`) transform for one image shape.
 
     `dct` is separable, `X̄ = D_H X D_Wᵀ`, then permuted into `dct_order`; `pixel` is the identity
-    (coefficients are pixels in row-major order). Both keep the input's float dtype.
+    (coefficients are pixels in row-major order). Both keep the input's float dtype: float64 is
+    transformed in float64, float32 in float32.
+
+    Args:
+        name: `dct` or `pixel` (BASES).
+        height: H, the image height in pixels.
+        width: W, the image width in pixels.
+
+    Attributes:
+        name, height, width: as given.
+        order: int [H·W], the coefficient order (`dct_order` for `dct`, `arange(H·W)` for `pixel`).
+
+    Raises:
+        ValueError: an unknown basis name, or a size below 1.
+
+    Example:
+        >>> basis = Basis("dct", 4, 4)
+        >>> images = np.ones((2, 4, 4), np.float32)
+        >>> basis.to_latent(images)[:, :2].tolist()  # a flat image is all DC: 4 · mean
+        [[4.0, 0.0], [4.0, 0.0]]
+        >>> bool(np.allclose(basis.from_latent(basis.to_latent(images)), images))
+        True
     """
 
     def __init__(self, name: str, height: int, width: int) -> None:
@@ -55,7 +99,17 @@ class Basis:
             self.order = np.arange(height * width)
 
     def to_latent(self, images: np.ndarray) -> np.ndarray:
-        """[..., H, W] pixels → [..., H·W] coefficients in basis order."""
+        """Pixels to coefficients: `x̄ = Uᵀx`.
+
+        Args:
+            images: [..., H, W] pixels; any leading axes.
+
+        Returns:
+            [..., H·W] coefficients in basis order (a new array).
+
+        Raises:
+            ValueError: the last two axes are not (H, W).
+        """
         images = np.asarray(images)
         *lead, h, w = images.shape
         if (h, w) != (self.height, self.width):
@@ -67,7 +121,17 @@ class Basis:
         return coefficients.reshape(*lead, h * w)[..., self.order]
 
     def from_latent(self, latents: np.ndarray) -> np.ndarray:
-        """[..., H·W] coefficients in basis order → [..., H, W] pixels."""
+        """Coefficients to pixels: `x = U x̄` (the inverse of `to_latent`).
+
+        Args:
+            latents: [..., H·W] coefficients in basis order; any leading axes.
+
+        Returns:
+            [..., H, W] pixels (a new array).
+
+        Raises:
+            ValueError: the last axis does not have H·W entries.
+        """
         latents = np.asarray(latents)
         *lead, n = latents.shape
         if n != self.height * self.width:
