@@ -16,7 +16,27 @@ HIDDEN = -1.0  # level of a group that decode makes after the active one (DESIGN
 
 
 class Schedule:
-    """k non-overlapping intervals that tile [0, 1]; `intervals[j]` belongs to group S(j+1)."""
+    """k non-overlapping intervals that tile [0, 1]; `intervals[j]` belongs to group S(j+1).
+
+    Args:
+        intervals: one (start, end) pair of forward times per group, S1 first, in any time order.
+
+    Attributes:
+        intervals: float64 [k, 2], as given.
+        k: the number of groups.
+        start, end: float64 [k], the columns of `intervals`.
+        hidden: bool [k, k]; `hidden[j, i]` says that group i is hidden while group j is active
+            (i's whole interval comes earlier in forward time, so decode makes it later).
+
+    Raises:
+        ValueError: not one pair per group, an interval outside [0, 1] or with start ≥ end, or
+            intervals that overlap, leave a gap or do not reach from 0 to 1.
+
+    Example:
+        >>> schedule = Schedule([[0.9, 1], [0.8, 0.9], [0.6, 0.8], [0, 0.6]])
+        >>> schedule == Schedule.from_cuts("0.6,0.8,0.9"), schedule.levels(0.7).round(6).tolist()
+        (True, [1.0, 1.0, 0.5, 0.0])
+    """
 
     def __init__(self, intervals: Sequence[Sequence[float]]) -> None:
         spans = np.asarray(intervals, dtype=np.float64)
@@ -47,6 +67,21 @@ class Schedule:
 
         k − 1 ascending cut points; the finest group goes first in forward time. `"-"`, `""` or
         `[]` is the one-group scalar schedule [0, 1].
+
+        Args:
+            cuts: comma-separated text or a sequence of numbers, strictly increasing inside (0, 1).
+            k: when given, the number of groups the cuts must make.
+
+        Returns:
+            The schedule, S1 last in forward time.
+
+        Raises:
+            ValueError: text that is not comma-separated numbers, cuts that do not increase
+                strictly inside (0, 1), or not k − 1 of them.
+
+        Example:
+            >>> Schedule.from_cuts("0.6,0.8,0.9").intervals.tolist()
+            [[0.9, 1.0], [0.8, 0.9], [0.6, 0.8], [0.0, 0.6]]
         """
         if isinstance(cuts, str):
             text = cuts.strip()
@@ -68,7 +103,23 @@ class Schedule:
 
     @classmethod
     def parse(cls, spec: str | Schedule | Sequence[float], k: int) -> Schedule:
-        """Cut notation, a JSON list of intervals, or a schedule; checked to have k groups."""
+        """Cut notation, a JSON list of intervals, or a schedule; checked to have k groups.
+
+        Args:
+            spec: cut text or numbers (`from_cuts`), text starting with `[[` (JSON intervals, as
+                `text` writes them), or a `Schedule` (returned as is).
+            k: the number of groups the model has.
+
+        Returns:
+            The schedule.
+
+        Raises:
+            ValueError: malformed cuts, JSON or intervals, or a schedule with another k.
+
+        Example:
+            >>> Schedule.parse("[[0, 0.5], [0.5, 1]]", 2).cuts is None  # S1 first in forward time
+            True
+        """
         if isinstance(spec, str) and spec.strip().startswith("[["):
             try:
                 spec = cls(json.loads(spec))
@@ -83,24 +134,50 @@ class Schedule:
 
     @property
     def cuts(self) -> str | None:
-        """The cut notation, when the groups run finest-first (the paper's order); else None."""
+        """The cut notation, when the groups run finest-first (the paper's order); else None.
+
+        A one-group schedule is `"-"`; cut points are written with up to 6 significant digits.
+        """
         if not np.all(np.diff(self.start) < 0):
             return None
         return ",".join(f"{c:g}" for c in self.start[-2::-1]) or "-"
 
     def levels(self, t: float | np.ndarray) -> np.ndarray:
-        """Eq. 8: α_j(t) for every group, shape [..., k] (1 before s_j, 0 after e_j)."""
+        """Eq. 8: α_j(t) for every group (1 before s_j, 0 after e_j).
+
+        Args:
+            t: forward time(s) in [0, 1], any shape [...].
+
+        Returns:
+            float64 [..., k].
+        """
         t = np.asarray(t, dtype=np.float64)[..., None]
         return np.clip((self.end - t) / (self.end - self.start), 0.0, 1.0)
 
     def rates(self, t: float | np.ndarray) -> np.ndarray:
-        """α'_j(t): −1/(e_j − s_j) while group j is active, else 0; shape [..., k]."""
+        """α'_j(t): −1/(e_j − s_j) while group j is active (s_j ≤ t < e_j), else 0.
+
+        Args:
+            t: forward time(s), any shape [...].
+
+        Returns:
+            float64 [..., k].
+        """
         t = np.asarray(t, dtype=np.float64)[..., None]
         inside = (self.start <= t) & (t < self.end)
         return np.where(inside, -1.0 / (self.end - self.start), 0.0)
 
     def active(self, t: float | np.ndarray) -> np.ndarray:
-        """0-based index of the group whose interval contains t (t = 1 belongs to the last one)."""
+        """0-based index of the group whose interval contains t (t = 1 belongs to the last one).
+
+        At a knot t = e_i = s_j the group starting there (j) is active.
+
+        Args:
+            t: forward time(s) in [0, 1], any shape [...].
+
+        Returns:
+            int, shape [...].
+        """
         t = np.asarray(t, dtype=np.float64)[..., None]
         inside = (self.start <= t) & ((t < self.end) | (self.end == 1.0))
         return np.argmax(inside, axis=-1)
@@ -113,6 +190,21 @@ class Schedule:
         With `hide`, groups that decode makes after the active one read HIDDEN (−1): that also
         names the active group at a phase boundary. `phase` (0-based) says whose phase it is;
         by default the group active at t.
+
+        Args:
+            t: forward time(s), any shape [...].
+            phase: the 0-based active group, broadcastable to t's shape; None: `active(t)`.
+            hide: mark hidden groups (DESIGN: hidden groups); False gives plain `levels(t)`.
+
+        Returns:
+            float32 [..., k], values in [0, 1] or exactly HIDDEN.
+
+        Example:
+            >>> schedule = Schedule.from_cuts("0.6,0.8,0.9")
+            >>> schedule.conditioning(0.8, phase=1).tolist()  # S2's phase ends at t = 0.8
+            [1.0, 1.0, -1.0, -1.0]
+            >>> schedule.conditioning(0.8, phase=2).tolist()  # S3's phase starts there
+            [1.0, 1.0, 0.0, -1.0]
         """
         levels = self.levels(t)
         if hide:
@@ -122,15 +214,26 @@ class Schedule:
 
     @property
     def text(self) -> str:
-        """One-line form that `parse` reads back: cut notation, else JSON intervals."""
+        """One-line form that `parse` reads back: cut notation, else JSON intervals.
+
+        Example:
+            >>> Schedule([[0, 0.5], [0.5, 1]]).text, Schedule.from_cuts("0.5").text
+            ('[[0.0, 0.5], [0.5, 1.0]]', '0.5')
+        """
         return self.cuts or json.dumps(self.intervals.tolist())
 
     def describe(self) -> str | list[list[float]]:
-        """Cut notation when possible, else the intervals (JSON-ready)."""
+        """JSON-ready form that `from_description` reads back: `cuts` when not None, else the
+        intervals as nested lists."""
         return self.cuts or self.intervals.tolist()
 
     @classmethod
     def from_description(cls, description: str | Sequence[Sequence[float]]) -> Schedule:
+        """The schedule that `describe` described: cut text or a list of intervals.
+
+        Raises:
+            ValueError: as `from_cuts` or the constructor.
+        """
         return cls.from_cuts(description) if isinstance(description, str) else cls(description)
 
     def __eq__(self, other: object) -> bool:
