@@ -18,12 +18,36 @@ import numpy as np
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
 
-INFO_FILE = "model.json"
-STATS_FILE = "stats.npz"
+INFO_FILE = "model.json"  # `ModelInfo.describe()` as JSON
+STATS_FILE = "stats.npz"  # the data statistics: arrays `mean` and `std`
 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """One model's identity and everything its latents depend on (immutable).
+
+    Attributes:
+        fingerprint: sha256 hex (64 characters) that names the model.
+        space: the latent space (shape, basis, groups).
+        train_schedule: the schedule the network was trained with (k groups, as the space).
+        hide: whether hidden groups (DESIGN §1) were used in training; encode/decode must match.
+        mean: per-coefficient data mean, float32 [C, H·W].
+        std: per-coefficient data std, float32 [C, H·W]; finite and positive.
+
+    Raises:
+        ValueError: a training schedule with another k than the space, stats of another shape
+            than [C, H·W], or a std that is not finite and positive.
+
+    Example:
+        >>> import grouplat
+        >>> space = grouplat.LatentSpace((1, 8, 8), "dct", (4, 16))
+        >>> mean, std = np.zeros((1, 64), np.float32), np.ones((1, 64), np.float32)
+        >>> info = ModelInfo(fingerprint_of("weights"), space, grouplat.Schedule.from_cuts("0.5,0.8"),
+        ...                  True, mean, std)
+        >>> info.describe()["train_schedule"], len(info.fingerprint)
+        ('0.5,0.8', 64)
+    """
+
     fingerprint: str  # sha256 hex that names the model (weights + what shapes its latents)
     space: LatentSpace
     train_schedule: Schedule
@@ -49,7 +73,29 @@ class ModelInfo:
         self, schedule: Schedule, steps: int, solver: str = "heun", spacing: str = "tau"
     ) -> dict[str, Any]:
         """Keyword arguments of `grouplat.encode` / `decode` for this model: its latent space, data
-        statistics and hiding, with the given generation settings."""
+        statistics and hiding, with the given generation settings.
+
+        Args:
+            schedule: the generation schedule (k groups).
+            steps: total ODE steps, split across the groups by `schedule`.
+            solver: `euler`, `heun`, `gei1` or `gei2m`.
+            spacing: `tau` or `uniform` knots inside each group's phase.
+
+        Returns:
+            `space`, `schedule`, `steps`, `solver`, `spacing`, `std`, `mean` and `hide`; nothing
+            is checked here (encode/decode check them).
+
+        Example:
+            >>> import grouplat
+            >>> space = grouplat.LatentSpace((1, 8, 8), "dct", (4, 16))
+            >>> mean, std = np.zeros((1, 64), np.float32), np.ones((1, 64), np.float32)
+            >>> schedule = grouplat.Schedule.from_cuts("0.5,0.8")
+            >>> info = ModelInfo(fingerprint_of("weights"), space, schedule, True, mean, std)
+            >>> velocity = grouplat.GaussianOracle(space, mean, std)
+            >>> latents = np.zeros((2, 1, 64), np.float32)
+            >>> grouplat.decode(velocity, latents, **info.solve_args(schedule, steps=6)).shape
+            (2, 1, 8, 8)
+        """
         return {
             "space": self.space,
             "schedule": schedule,
@@ -62,7 +108,12 @@ class ModelInfo:
         }
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready metadata (without the stats arrays)."""
+        """JSON-ready metadata (without the stats arrays).
+
+        Returns:
+            `fingerprint`, `space` (`LatentSpace.describe`), `train_schedule`
+            (`Schedule.describe`) and `hide`.
+        """
         return {
             "fingerprint": self.fingerprint,
             "space": self.space.describe(),
@@ -71,12 +122,23 @@ class ModelInfo:
         }
 
     def save(self, directory: str | Path) -> None:
+        """Write INFO_FILE (`describe()`) and STATS_FILE (mean, std) into an existing directory.
+
+        Raises:
+            OSError: the directory does not exist or cannot be written.
+        """
         directory = Path(directory)
         (directory / INFO_FILE).write_text(json.dumps(self.describe(), indent=1))
         np.savez(directory / STATS_FILE, mean=self.mean, std=self.std)
 
     @classmethod
     def load(cls, directory: str | Path) -> ModelInfo:
+        """Read what `save` wrote; the stats come back as float32.
+
+        Raises:
+            ValueError: a missing, unreadable or inconsistent INFO_FILE or STATS_FILE, naming the
+                directory (OSError, KeyError and ValueError are all turned into this).
+        """
         directory = Path(directory)
         try:
             meta = json.loads((directory / INFO_FILE).read_text())
@@ -95,7 +157,18 @@ class ModelInfo:
 
 
 def fingerprint_of(*parts: bytes | str | dict) -> str:
-    """sha256 over byte strings, strings and JSON-able dicts (canonical JSON)."""
+    """sha256 over byte strings, strings and JSON-able dicts (canonical JSON).
+
+    Args:
+        parts: hashed in order; strings as UTF-8, dicts as `json.dumps(part, sort_keys=True)`.
+
+    Returns:
+        The 64-character hex digest.
+
+    Example:
+        >>> fingerprint_of({"b": 1, "a": 2}) == fingerprint_of('{"a": 2, "b": 1}')
+        True
+    """
     digest = hashlib.sha256()
     for part in parts:
         if isinstance(part, dict):
