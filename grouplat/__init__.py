@@ -3,6 +3,16 @@
 The method core (basis, groups, schedules, solvers, latent operations, the Gaussian oracle) is
 numpy-only and lives here; `grouplat.training`, `grouplat.export`, `grouplat.client` and the
 Triton models build on it.
+
+Example:
+    >>> import grouplat
+    >>> space = grouplat.LatentSpace((3, 16, 16), "dct", (30, 100, 200))
+    >>> velocity = grouplat.GaussianOracle(space, 0.0, 0.5)  # exact; a trained network in practice
+    >>> schedule = grouplat.Schedule.from_cuts(grouplat.PAPER_GENERATE)
+    >>> z = grouplat.encode(velocity, velocity.sample(2), space, schedule, steps=40)
+    >>> mixed = grouplat.mix(space, z[:1], z[1:], [1])  # S1 of the second image, the rest of the first
+    >>> grouplat.decode(velocity, mixed, space, schedule, steps=40).shape
+    (1, 3, 16, 16)
 """
 
 from grouplat.ops import interpolate, keep_first, mix, resample, traverse, variations
