@@ -5,8 +5,8 @@
     grouplat batch mix photos/ --reference ref.png --groups 1 --out mixed/
     grouplat batch encode photos/ --out latents/ --engine ray --ray-address auto   # on a Ray cluster
 
-`grouplat.client.batch.job` holds the job (sources, plan, shards, manifest, the pipelined local
-runner; it needs pyarrow), `grouplat.client.batch.ray_engine` the Ray Data engine (it needs
-ray[data]), `grouplat.client.batch.cli` the command line. This package imports neither pyarrow nor
-ray, so `grouplat --help` works without them.
+`grouplat.client.batch.job` holds the entry point (`run`, `Task`) and names the job's parts:
+`sources`, `task`, `store`, `worker`, `local` (the pipelined local engine), `archive` (they need
+pyarrow); `ray_engine` is the Ray Data engine (it needs ray[data]), `cli` the command line. This
+package imports neither pyarrow nor ray, so `grouplat --help` works without them.
 """

@@ -141,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`grouplat batch …` (the leading `batch` may be left out).
+
+    Args:
+        argv: the arguments (default sys.argv[1:]), e.g. ["encode", "photos/", "--out", "latents/"].
+
+    Returns:
+        The exit status: 0 done (item errors are listed, not fatal), 1 server trouble (re-run to
+        resume), 2 bad input or arguments, 130 interrupted.
+    """
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv if argv[:1] == ["batch"] else ["batch", *argv])
     return int(args.handler(args))

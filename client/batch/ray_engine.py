@@ -23,7 +23,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from grouplat.client.batch.job import Callback, Job, PlanRow, Worker, write_shard
+from grouplat.client.batch.store import write_shard
+from grouplat.client.batch.task import Callback, Job, PlanRow
+from grouplat.client.batch.worker import Worker
 from grouplat.client.transport import DEFAULT_TIMEOUT
 
 ACTOR_CPUS = 0.5  # an actor mostly waits on the server; the servers do the work
@@ -65,7 +67,17 @@ def run_on_ray(
     on_shard: Callback,
     on_items: Callable[[int], None] = lambda n: None,
 ) -> None:
-    """Process `shards` on Ray with `concurrency` actors; uses a running Ray, or starts one (`address`)."""
+    """Process `shards` on Ray Data with `concurrency` actors, one whole shard per actor call.
+
+    Args:
+        job, plan, shards, endpoints, batch_size, timeout, on_shard, on_items: as `run_local`.
+        concurrency: actors (at most one per shard).
+        address: the Ray cluster ("auto", "ray://host:10001"); None starts a local Ray. A Ray that
+            is already running is used as it is, and left running.
+
+    Raises:
+        RuntimeError: Ray could not be started or reached.
+    """
     import ray
 
     if not shards:
