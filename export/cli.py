@@ -49,6 +49,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="ONNX Runtime intra-op threads")
     p.add_argument("--spinning", action="store_true", help="let ONNX Runtime threads spin-wait")
     p.add_argument("--queue-delay-us", type=int, default=d.queue_delay_us, help="dynamic batching delay")
+    p.add_argument(
+        "--instances", type=int, default=d.orchestrator_instances, help="instances of each orchestrator"
+    )
+    p.add_argument(
+        "--max-cost",
+        type=int,
+        default=d.max_cost,
+        help="per-request budget: network evaluations × images (mix counts three solves)",
+    )
     p.add_argument("--version", type=int, help="version number to write (default: the next one)")
     p.add_argument("--force", action="store_true", help="overwrite an existing version")
     p.set_defaults(handler=run)
@@ -72,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         queue_delay_us=args.queue_delay_us,
         threads=args.threads,
         spinning=args.spinning,
+        orchestrator_instances=args.instances,
+        max_cost=args.max_cost,
     )
     try:
         checkpoint = load_checkpoint(args.checkpoint)

@@ -69,6 +69,7 @@ def write_repository(
         c.VERSION_PARAM: grouplat.__version__,
         c.THREADS_PARAM: str(options.threads),
         c.SPINNING_PARAM: str(int(options.spinning)),
+        c.MAX_COST_PARAM: str(options.max_cost),
     }
     write_model(root, c.VELOCITY, velocity_config(info, options, params), version, info)
     target = root / c.VELOCITY / str(version)

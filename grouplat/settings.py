@@ -17,6 +17,7 @@ DEFAULT_SOLVER = "heun"
 DEFAULT_STEPS = 20
 DEFAULT_SPACING = "tau"
 MAX_STEPS = 4096  # per request; the server may bound the cost further
+MAX_SCHEDULE_TEXT = 2000  # characters of a schedule given as text
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,12 @@ class GenerationSettings:
         if isinstance(steps, bool) or not isinstance(steps, int) or not k <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer in {k}..{MAX_STEPS}, got {_short(steps)}")
         spec = self.schedule if self.schedule is not None else default_schedule
+        if isinstance(spec, str) and len(spec) > MAX_SCHEDULE_TEXT:
+            raise ValueError(f"bad schedule: longer than {MAX_SCHEDULE_TEXT} characters")
         try:
             schedule = default_generate_schedule(k) if spec is None else Schedule.parse(spec, k)
-        except ValueError as error:
-            raise ValueError(f"bad schedule: {error}") from None
+        except (ValueError, TypeError, RecursionError) as error:
+            raise ValueError(f"bad schedule: {_short(str(error), 200)}") from None
         return replace(self, steps=int(steps), schedule=schedule.text)
 
     def generation_schedule(self, k: int) -> Schedule:

@@ -3,6 +3,9 @@ real embedded tritonserver serving it (127.0.0.1, free ports, stopped by PID).""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -48,3 +51,19 @@ def oracle_repository(tmp_path_factory):
 def oracle_server(oracle_repository):
     with EmbeddedServer(oracle_repository) as server:
         yield server
+
+
+def make_certificates(folder: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 (openssl), in `folder`."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=grouplat-test-ca")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=localhost")  # fmt: skip
+    (folder / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")  # fmt: skip
+    return folder

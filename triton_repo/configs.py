@@ -38,7 +38,8 @@ class ServingOptions:
     threads: int = 1  # ONNX Runtime intra-op threads per instance
     spinning: bool = False  # ONNX Runtime spin-waiting (hurts when instances share cores)
     velocity_instances: int = 1
-    orchestrator_instances: int = 1
+    orchestrator_instances: int = 2  # a small request runs beside a long one (measured: issue 13)
+    max_cost: int = 4096  # per request: network evaluations × images (mix counts three solves)
 
     def check(self, k: int) -> None:
         """Raises ValueError for options that cannot work together (or for this model's k groups)."""

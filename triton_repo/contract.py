@@ -38,6 +38,7 @@ VELOCITY_CALL_PARAM = "velocity_call"  # inprocess | bls
 VELOCITY_MODEL_PARAM = "velocity_model"
 VELOCITY_MAX_BATCH_PARAM = "velocity_max_batch"
 THREADS_PARAM, SPINNING_PARAM = "threads", "spinning"  # ONNX Runtime settings
+MAX_COST_PARAM = "max_cost"  # per request: network evaluations × images
 VERSION_PARAM = "grouplat_version"
 
 CALL_MODES = ("inprocess", "bls")  # how an orchestrator calls the velocity engine

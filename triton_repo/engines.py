@@ -67,20 +67,69 @@ class BlsVelocity:
         return np.concatenate(parts)
 
 
+LEVEL_HIDDEN = -1.0
+X_T_LIMIT = 1e4  # |x_t| beyond this is no state of an ODE from images in [-1, 1] and N(0, 1) noise
+
+
+def check_velocity_inputs(x_t: np.ndarray, levels: np.ndarray) -> str | None:
+    """What is wrong with one request's engine inputs (None: nothing)."""
+    if x_t.dtype != np.float32 or levels.dtype != np.float32:
+        return f"{X_T} and {LEVELS} must be FP32"
+    if len(x_t) != len(levels):
+        return f"{X_T} has {len(x_t)} rows, {LEVELS} {len(levels)}"
+    if not (np.isfinite(x_t).all() and np.isfinite(levels).all()):
+        return f"{X_T} or {LEVELS} contains NaN or Inf"
+    if np.abs(x_t).max(initial=0) > X_T_LIMIT:
+        return f"{X_T} values must lie within ±{X_T_LIMIT:g}"
+    if not (((levels >= 0) & (levels <= 1)) | (levels == LEVEL_HIDDEN)).all():
+        return f"{LEVELS} must lie in [0, 1] or be exactly -1 (a hidden group)"
+    return None
+
+
 def answer_velocity(pb_utils: Any, requests: Sequence[Any], engine: Callable[..., np.ndarray]) -> list[Any]:
-    """The python-backend velocity model: all requests of one `execute` as one engine call."""
-    x_t = [pb_utils.get_input_tensor_by_name(r, X_T).as_numpy() for r in requests]
-    levels = [pb_utils.get_input_tensor_by_name(r, LEVELS).as_numpy() for r in requests]
+    """The python-backend velocity model: every good request of one `execute` in one engine call;
+    a bad one gets INVALID_ARG alone, a non-finite output is an error, never OK."""
+    responses: list[Any] = [None] * len(requests)
+    good: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for i, request in enumerate(requests):
+        try:
+            x = pb_utils.get_input_tensor_by_name(request, X_T)
+            a = pb_utils.get_input_tensor_by_name(request, LEVELS)
+            problem = "needs X_T and LEVELS" if x is None or a is None else None
+            if problem is None:
+                x, a = x.as_numpy(), a.as_numpy()
+                problem = check_velocity_inputs(x, a)
+        except Exception as error:  # one malformed request never fails the others
+            problem = f"unreadable request ({type(error).__name__})"
+        if problem is not None:
+            responses[i] = error_response(pb_utils, problem, pb_utils.TritonError.INVALID_ARG)
+        else:
+            good.append((i, x, a))
+    if not good:
+        return responses
     try:
-        u = engine(np.concatenate(x_t), np.concatenate(levels))
+        u = engine(np.concatenate([x for _, x, _ in good]), np.concatenate([a for _, _, a in good]))
     except Exception as error:
-        return [
-            error_response(pb_utils, f"velocity failed: {error}", pb_utils.TritonError.INTERNAL)
-            for _ in requests
-        ]
-    parts = np.split(u, np.cumsum([len(x) for x in x_t])[:-1])
-    return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(U, p)]) for p in parts]
+        for i, _, _ in good:
+            responses[i] = error_response(
+                pb_utils, f"velocity failed: {error}", pb_utils.TritonError.INTERNAL
+            )
+        return responses
+    parts = np.split(u, np.cumsum([len(x) for _, x, _ in good])[:-1])
+    for (i, _, _), part in zip(good, parts):
+        if np.isfinite(part).all():
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(U, part)])
+        else:
+            message = "the engine produced non-finite values for these inputs"
+            responses[i] = error_response(pb_utils, message, pb_utils.TritonError.INTERNAL)
+    return responses
+
+
+MESSAGE_LIMIT = 300  # characters: error messages travel in gRPC metadata, which is bounded
 
 
 def error_response(pb_utils: Any, message: str, code: Any) -> Any:
+    """An error response; the message cut to MESSAGE_LIMIT characters."""
+    if len(message) > MESSAGE_LIMIT:
+        message = message[: MESSAGE_LIMIT - 1] + "…"
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))

@@ -10,7 +10,7 @@ No torch here; `pb_utils` (triton_python_backend_utils) is passed in, as it only
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ from grouplat.modelinfo import ModelInfo
 from grouplat.serving import contract as c
 from grouplat.serving.engines import BlsVelocity, OnnxVelocity, error_response
 from grouplat.settings import GenerationSettings
-from grouplat.solvers import Velocity, decode, encode
+from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
 
 IMAGE_RANGE_SLACK = 1e-3  # images are in [-1, 1]; allow rounding from uint8 conversions
 LATENT_LIMIT = 1e4  # |latent| above this is no latent of a model (they are ~N(0, 1)) and overflows
+DEFAULT_MAX_COST = 4096  # network evaluations × images per request (Heun 20 steps, 8 images: 320)
 
 
 class RequestError(ValueError):
@@ -34,11 +35,18 @@ class RequestError(ValueError):
 class Orchestrator:
     """encode / decode / mix for one model over one velocity engine, with request validation."""
 
-    def __init__(self, info: ModelInfo, velocity: Velocity, defaults: GenerationSettings) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        velocity: Velocity,
+        defaults: GenerationSettings,
+        max_cost: int = DEFAULT_MAX_COST,
+    ) -> None:
         self.info = info
         self.space = info.space
         self.velocity = velocity
         self.defaults = defaults.check(info.space.k)
+        self.max_cost = max_cost
 
     def settings(self, parameters: dict[str, Any]) -> GenerationSettings:
         """Request parameters `steps`, `solver`, `schedule` over the model's defaults."""
@@ -108,19 +116,64 @@ class Orchestrator:
             c.GROUPS: self.check_groups(np.asarray(tensors[c.GROUPS]), len(a)),
         }
 
-    def run(self, operation: str, inputs: dict[str, np.ndarray], settings: GenerationSettings) -> np.ndarray:
-        """One batched solve for already validated inputs."""
+    def read(
+        self, operation: str, tensors: dict[str, np.ndarray], request: Any
+    ) -> tuple[dict[str, np.ndarray], GenerationSettings]:
+        """One request's checked inputs and settings, within this server's cost budget."""
+        inputs = self.validate(operation, tensors)
+        try:
+            parameters = json.loads(request.parameters() or "{}")
+        except (TypeError, ValueError):
+            raise RequestError("request parameters are not valid JSON") from None
+        if not isinstance(parameters, dict):
+            raise RequestError("request parameters must be a JSON object")
+        settings = self.settings(parameters)
+        cost = self.cost(operation, len(next(iter(inputs.values()))), settings)
+        if cost > self.max_cost:
+            raise RequestError(
+                f"this request costs {cost} network evaluations × images, above this server's budget "
+                f"of {self.max_cost} (config parameter {c.MAX_COST_PARAM}): use fewer steps or images"
+            )
+        return inputs, settings
+
+    @staticmethod
+    def cost(operation: str, images: int, settings: GenerationSettings) -> int:
+        """Network evaluations × images of one request (mix: two encodes and a decode)."""
+        solves = 3 if operation == c.MIX else 1
+        return solves * images * settings.steps * NFE_PER_STEP[settings.solver]
+
+    def run(
+        self,
+        operation: str,
+        inputs: dict[str, np.ndarray],
+        settings: GenerationSettings,
+        owners: np.ndarray | None = None,
+        cancelled: Callable[[], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """One batched solve for already validated inputs.
+
+        `owners` (the request of every image) and `cancelled` (per request) let the rows of a
+        cancelled request stop using the engine (`LiveRows`); without them every row runs.
+        """
         schedule = settings.generation_schedule(self.space.k)
         solve = self.info.solve_args(schedule, settings.steps, settings.solver, settings.spacing)
-        solve["velocity"] = self.velocity
+
+        def engine(rows: np.ndarray | None) -> Velocity:
+            return (
+                self.velocity
+                if rows is None or cancelled is None
+                else LiveRows(self.velocity, rows, cancelled)
+            )
+
         if operation == c.ENCODE:
-            return encode(images=inputs[c.IMAGE], **solve)
+            return encode(engine(owners), images=inputs[c.IMAGE], **solve)
         if operation == c.DECODE:
-            return decode(latents=inputs[c.LATENT], **solve)
+            return decode(engine(owners), latents=inputs[c.LATENT], **solve)
         a = inputs[c.IMAGE_A]
-        both = encode(images=np.concatenate([a, inputs[c.IMAGE_B]]), **solve)  # one solve for A and B
+        both_owners = None if owners is None else np.concatenate([owners, owners])
+        both = encode(engine(both_owners), images=np.concatenate([a, inputs[c.IMAGE_B]]), **solve)
         mixed = ops.mix(self.space, both[: len(a)], both[len(a) :], inputs[c.GROUPS])
-        return decode(latents=mixed, **solve)
+        return decode(engine(owners), latents=mixed, **solve)
 
 
 def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
@@ -154,38 +207,125 @@ def orchestrator_from_triton(args: dict[str, str], pb_utils: Any) -> tuple[Orche
         params[c.GENERATE_SCHEDULE_PARAM],
         params.get(c.SPACING_PARAM, "tau"),
     )
-    return Orchestrator(info, velocity, defaults), params[c.OPERATION_PARAM]
+    max_cost = int(params.get(c.MAX_COST_PARAM, DEFAULT_MAX_COST))
+    return Orchestrator(info, velocity, defaults, max_cost), params[c.OPERATION_PARAM]
+
+
+class Cancelled(Exception):
+    """Every request of a solve was cancelled (or timed out): stop using the engine."""
+
+
+class LiveRows:
+    """A velocity callable for one batched solve: rows of cancelled requests stop using the engine.
+
+    `owners[r]` is the request that row r belongs to; `cancelled()` says, per request, whether its
+    caller gave up (polled at every network evaluation, so a cancelled request leaves within one
+    step). Dead rows get a zero velocity: their values are never returned.
+    """
+
+    def __init__(self, velocity: Velocity, owners: np.ndarray, cancelled: Callable[[], np.ndarray]) -> None:
+        self.velocity, self.owners, self.cancelled = velocity, owners, cancelled
+
+    def __call__(self, x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        live = ~self.cancelled()[self.owners]
+        if not live.any():
+            raise Cancelled
+        if live.all():
+            return self.velocity(x_t, levels)
+        out = np.zeros_like(x_t)
+        out[live] = self.velocity(x_t[live], levels[live])
+        return out
 
 
 def answer(pb_utils: Any, requests: Sequence[Any], orchestrator: Orchestrator, operation: str) -> list[Any]:
-    """Responses for every request of one `execute`, in order."""
+    """Responses for every request of one `execute`, in order.
+
+    Each request is read and validated on its own (any failure there is that request's error
+    alone); the good ones with equal settings run as one batched solve. If a batch fails, its
+    requests are retried one by one, so one poisonous input cannot fail its batch-mates. A
+    non-finite output is an error, never OK.
+    """
+    errors = pb_utils.TritonError
     responses: list[Any] = [None] * len(requests)
     batches: dict[GenerationSettings, list[tuple[int, dict[str, np.ndarray]]]] = {}
     for i, request in enumerate(requests):
         try:
-            tensors = {}
-            for name in (*c.INPUTS[operation], *c.OPTIONAL_INPUTS[operation]):
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    tensors[name] = tensor.as_numpy()
-            inputs = orchestrator.validate(operation, tensors)
-            settings = orchestrator.settings(json.loads(request.parameters() or "{}"))
+            inputs, settings = orchestrator.read(operation, _tensors(pb_utils, request, operation), request)
         except RequestError as error:
-            responses[i] = error_response(pb_utils, str(error), pb_utils.TritonError.INVALID_ARG)
+            responses[i] = error_response(pb_utils, str(error), errors.INVALID_ARG)
+            continue
+        except Exception as error:  # a bug shown by this request: its error only, no traceback
+            message = f"{operation}: unexpected {type(error).__name__} while reading the request"
+            responses[i] = error_response(pb_utils, message, errors.INTERNAL)
             continue
         batches.setdefault(settings, []).append((i, inputs))
     for settings, members in batches.items():
-        names = list(members[0][1])
-        joined = {n: np.concatenate([inputs[n] for _, inputs in members]) for n in names}
-        try:
-            output = orchestrator.run(operation, joined, settings)
-        except Exception as error:  # an engine failure fails this batch, not the server
-            for i, _ in members:
-                message = f"{operation} failed: {error}"
-                responses[i] = error_response(pb_utils, message, pb_utils.TritonError.INTERNAL)
-            continue
-        sizes = np.cumsum([len(inputs[names[0]]) for _, inputs in members])[:-1]
-        for (i, _), part in zip(members, np.split(output, sizes)):
-            tensor = pb_utils.Tensor(c.OUTPUTS[operation], np.ascontiguousarray(part, dtype=np.float32))
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+        outputs = _solve(orchestrator, operation, settings, members, requests)
+        if outputs is None and len(members) > 1:  # isolate the culprit: each request alone
+            outputs = {}
+            for member in members:
+                outputs.update(_solve(orchestrator, operation, settings, [member], requests) or {})
+        for i, _ in members:
+            responses[i] = _response(pb_utils, operation, (outputs or {}).get(i))
     return responses
+
+
+def _tensors(pb_utils: Any, request: Any, operation: str) -> dict[str, np.ndarray]:
+    tensors = {}
+    for name in (*c.INPUTS[operation], *c.OPTIONAL_INPUTS[operation]):
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            tensors[name] = tensor.as_numpy()
+    return tensors
+
+
+def _solve(
+    orchestrator: Orchestrator,
+    operation: str,
+    settings: GenerationSettings,
+    members: list[tuple[int, dict[str, np.ndarray]]],
+    requests: Sequence[Any],
+) -> dict[int, np.ndarray | BaseException] | None:
+    """Request index → its output (or why it has none); None when the batch as a whole failed."""
+    names = list(members[0][1])
+    joined = {n: np.concatenate([inputs[n] for _, inputs in members]) for n in names}
+    sizes = [len(inputs[names[0]]) for _, inputs in members]
+    owners = np.repeat(np.arange(len(members)), sizes)
+
+    def cancelled() -> np.ndarray:
+        return np.array([_is_cancelled(requests[i]) for i, _ in members])
+
+    try:
+        output = orchestrator.run(operation, joined, settings, owners, cancelled)
+    except Cancelled:
+        return {i: Cancelled() for i, _ in members}
+    except Exception as error:  # noqa: BLE001 - an engine failure fails this batch, not the server
+        if len(members) > 1:
+            return None
+        return {members[0][0]: error}
+    gone = cancelled()
+    parts = np.split(output, np.cumsum(sizes)[:-1])
+    return {i: Cancelled() if gone[j] else part for j, ((i, _), part) in enumerate(zip(members, parts))}
+
+
+def _response(pb_utils: Any, operation: str, output: np.ndarray | BaseException | None) -> Any:
+    errors = pb_utils.TritonError
+    if isinstance(output, Cancelled):
+        code = getattr(errors, "CANCELLED", errors.UNAVAILABLE)
+        return error_response(pb_utils, f"{operation} cancelled by its caller", code)
+    if isinstance(output, BaseException) or output is None:
+        return error_response(pb_utils, f"{operation} failed: {output}", errors.INTERNAL)
+    if not np.isfinite(output).all():
+        message = (
+            f"{operation} produced non-finite values: the inputs lie far outside what the model "
+            "was trained on, or the solver diverged (try more steps or another solver)"
+        )
+        return error_response(pb_utils, message, errors.INTERNAL)
+    tensor = pb_utils.Tensor(c.OUTPUTS[operation], np.ascontiguousarray(output, dtype=np.float32))
+    return pb_utils.InferenceResponse(output_tensors=[tensor])
+
+
+def _is_cancelled(request: Any) -> bool:
+    """Triton ≥ 23.11 tells a Python backend whether the caller cancelled (or timed out)."""
+    probe = getattr(request, "is_cancelled", None)
+    return bool(probe()) if probe is not None else False

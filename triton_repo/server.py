@@ -36,10 +36,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 INSTALL_HINT = "install grouplat[serve] (nvidia-pytriton 0.5.14, tritonclient[grpc,http] 2.51.0)"
+# Triton's admin protocols: registering shared memory lets any caller who can reach the port map
+# and write the server's memory (one such request aborted tritonserver); the others change
+# what is served or where logs go. Restricted by default to callers who send ADMIN_HEADER.
+ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "trace", "logging")
+ADMIN_HEADER = "grouplat-admin-key"
+EXIT_TIMEOUT_S = 10  # a stopping server waits this long for requests in flight
+PR_SET_PDEATHSIG = 1  # prctl(2): a signal for the child when its parent dies
 
 
 class RepositoryError(ValueError):
@@ -98,6 +106,33 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS on gRPC (Triton's HTTP endpoint has no TLS: it stays on loopback)."""
+
+    cert: str  # the server's certificate
+    key: str  # its private key
+    ca: str | None = None  # with a CA: clients must present a certificate it signed (mutual TLS)
+
+    def arguments(self) -> list[str]:
+        for path in (self.cert, self.key, self.ca):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS file {path!r} does not exist")
+        args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        if self.ca is not None:
+            args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.ca}"]
+        return args
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the parent dies (Linux), so that it shuts down
+    its stubs and shared memory itself instead of living on as an orphan."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class EmbeddedServer:
     """The Triton binary from nvidia-pytriton, run as a subprocess on a model repository.
 
@@ -117,10 +152,16 @@ class EmbeddedServer:
         startup_timeout: float = 120.0,
         extra_args: Sequence[str] = (),
         log_path: str | os.PathLike[str] | None = None,
+        admin_key: str | None = None,
+        open_admin: bool = False,
+        tls: TlsFiles | None = None,
+        http_host: str | None = None,
+        die_with_parent: bool | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.models = repository_models(self.repository)
         self.host = host
+        self.http_host = host if http_host is None else http_host  # with TLS: loopback (no TLS there)
         free = iter(_free_ports(host, 3))
         self.grpc_port = grpc_port or next(free)
         self.http_port = http_port or next(free)
@@ -133,13 +174,27 @@ class EmbeddedServer:
         # Python-backend shared memory regions get this prefix so stop() can find leftovers.
         self._shm_prefix = f"grouplat_{secrets.token_hex(4)}_"
         self._proc: subprocess.Popen[bytes] | None = None
+        # Admin protocols answer only requests with this key (a random one: nobody's).
+        self.admin_key = None if open_admin else (admin_key or secrets.token_hex(16))
+        self.tls = tls
+        # The server (and so its stubs) stops when this process dies, even by SIGKILL. prctl's
+        # signal follows the creating *thread*, so only a main-thread start asks for it.
+        self.die_with_parent = (
+            threading.current_thread() is threading.main_thread()
+            if die_with_parent is None
+            else die_with_parent
+        )
 
     # -- addresses -----------------------------------------------------------------
+    @staticmethod
+    def _connect(bound: str) -> str:
+        # A wildcard bind is reached through loopback; IPv6 literals need brackets.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(bound, bound)
+        return f"[{host}]" if ":" in host else host
+
     @property
     def _connect_host(self) -> str:
-        # A wildcard bind is reached through loopback; IPv6 literals need brackets.
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"[{host}]" if ":" in host else host
+        return self._connect(self.host)
 
     @property
     def grpc_url(self) -> str:
@@ -147,7 +202,7 @@ class EmbeddedServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self._connect_host}:{self.http_port}"
+        return f"{self._connect(self.http_host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -207,7 +262,7 @@ class EmbeddedServer:
             f"--backend-directory={self._workdir / 'backends'}",
             f"--cache-directory={dist / 'caches'}",
             "--model-control-mode=none",
-            f"--http-address={self.host}",
+            f"--http-address={self.http_host}",
             f"--http-port={self.http_port}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
@@ -215,9 +270,14 @@ class EmbeddedServer:
             f"--metrics-port={self.metrics_port}",
             f"--log-verbose={self.log_verbose}",
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
-            *self.extra_args,
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         ]
-        return cmd, env
+        if self.admin_key is not None:
+            restricted = f"{','.join(ADMIN_PROTOCOLS)}:{ADMIN_HEADER}={self.admin_key}"
+            cmd += [f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}"]
+        if self.tls is not None:
+            cmd += self.tls.arguments()
+        return [*cmd, *self.extra_args], env
 
     def start(self) -> EmbeddedServer:
         """Launch the server and wait until /v2/health/ready answers 200."""
@@ -235,6 +295,7 @@ class EmbeddedServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         # Ignore proxies from the environment: this is a local health check.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -316,6 +377,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-verbose", type=int, default=0, help="Triton --log-verbose level")
     parser.add_argument("--log-file", default=None, help="keep the server log here (default: temporary)")
     parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for ready")
+    parser.add_argument(
+        "--admin-key",
+        help=f"Triton's admin protocols ({', '.join(ADMIN_PROTOCOLS)}) answer only requests with the "
+        f"header {ADMIN_HEADER}: KEY (default: a random key, so nobody)",
+    )
+    parser.add_argument(
+        "--open-admin", action="store_true", help="do not restrict the admin protocols (trusted networks)"
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate: serve gRPC over TLS (with --tls-key)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -328,6 +400,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad repository."""
     try:
+        if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
+            raise ValueError("--tls-cert and --tls-key go together (and --tls-ca needs them)")
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+        if tls is not None:
+            tls.arguments()  # the files exist
         server = EmbeddedServer(
             args.repository,
             host=args.host,
@@ -337,8 +414,13 @@ def serve(args: argparse.Namespace) -> int:
             log_verbose=args.log_verbose,
             startup_timeout=args.startup_timeout,
             log_path=args.log_file,
+            admin_key=args.admin_key,
+            open_admin=args.open_admin,
+            tls=tls,
+            http_host="127.0.0.1" if tls is not None else None,
+            die_with_parent=True,
         )
-    except RepositoryError as e:
+    except (RepositoryError, ValueError) as e:
         print(f"grouplat serve: error: {e}", file=sys.stderr)
         return 2
 
