@@ -8,6 +8,14 @@
 # --shm-size: the Python backend passes tensors through /dev/shm, Docker's 64 MB default is too
 # small for batches of latents. The orchestrators (encode / decode / mix) run grouplat's core in the
 # Python backend; the velocity engine runs on the native onnxruntime or tensorrt backend.
+#
+# Network: inside the container Triton listens on all interfaces (0.0.0.0), as a container must;
+# what is reachable is decided by `-p`. To keep it on this host: `-p 127.0.0.1:8001:8001` (same for
+# 8000, 8002). Triton's admin APIs (shared memory, model repository, trace, logging) answer only
+# requests with the header `grouplat-admin-key: $GROUPLAT_ADMIN_KEY` (gRPC:
+# `triton-grpc-protocol-grouplat-admin-key`); without -e GROUPLAT_ADMIN_KEY=… the key is random,
+# so nobody can use them. For TLS on gRPC add --grpc-use-ssl=true --grpc-server-cert=…
+# --grpc-server-key=… (Triton's HTTP endpoint has no TLS: publish it to loopback or behind a proxy).
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 WORKDIR /opt/grouplat
@@ -18,9 +26,11 @@ COPY triton_repo/ triton_repo/
 COPY training/ training/
 COPY client/ client/
 COPY proto/ proto/
+COPY tools/ tools/
 # The core needs numpy < 2 (the Python-backend stub); onnxruntime-gpu runs in-process velocity calls.
 RUN pip install --no-cache-dir "/opt/grouplat" "onnxruntime-gpu>=1.17,<1.21"
 
 EXPOSE 8000 8001 8002
-CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=none", \
-     "--backend-config=python,shm-default-byte-size=16777216"]
+ENV ADMIN_APIS=shared-memory,model-repository,trace,logging
+# Shell form on purpose: the admin key comes from the environment (or is random).
+CMD ["/bin/sh", "-c", "key=${GROUPLAT_ADMIN_KEY:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')}; exec tritonserver --model-repository=/models --model-control-mode=none --backend-config=python,shm-default-byte-size=16777216 --grpc-restricted-protocol=$ADMIN_APIS:grouplat-admin-key=$key --http-restricted-api=$ADMIN_APIS:grouplat-admin-key=$key"]

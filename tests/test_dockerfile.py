@@ -24,3 +24,29 @@ def test_base_image_matches_the_embedded_server(oracle_server):
         version = json.load(response)["version"]
     base = re.search(r"^FROM nvcr\.io/nvidia/tritonserver:(\S+)-py3", (ROOT / "Dockerfile").read_text(), re.M)
     assert base and base.group(1) == NGC_RELEASE_OF[version]
+
+
+def test_the_container_restricts_triton_admin_apis_with_a_key():
+    """The CMD's shell line, run with `echo` for tritonserver: the admin APIs get a key, random
+    unless GROUPLAT_ADMIN_KEY is set, and every package folder the link layout needs is copied."""
+    text = (ROOT / "Dockerfile").read_text()
+    line = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))[2]
+    apis = re.search(r"^ENV ADMIN_APIS=(\S+)$", text, re.M).group(1)
+    run = line.replace("exec tritonserver", "exec echo")
+
+    def flags(env: dict) -> str:
+        return subprocess.run(
+            ["/bin/sh", "-c", run], capture_output=True, text=True, env=env, check=True
+        ).stdout
+
+    first, second = flags({"ADMIN_APIS": apis}), flags({"ADMIN_APIS": apis})
+    keys = [
+        re.search(r"--grpc-restricted-protocol=(\S+):grouplat-admin-key=(\w+)", f) for f in (first, second)
+    ]
+    assert all(k and k.group(1) == apis and "shared-memory" in apis and len(k.group(2)) == 32 for k in keys)
+    assert keys[0].group(2) != keys[1].group(2)  # random per start
+    assert "grouplat-admin-key=chosen" in flags({"ADMIN_APIS": apis, "GROUPLAT_ADMIN_KEY": "chosen"})
+    links = [p.name for p in (ROOT / "grouplat").iterdir() if p.is_symlink()]
+    for link in links:
+        target = (ROOT / "grouplat" / link).resolve().name
+        assert f"COPY {target}/ {target}/" in text, f"the image lacks {target}/ (grouplat/{link})"
