@@ -1,8 +1,5 @@
-"""`Client`: the typed, blocking gRPC client of the grouplat Triton server (images in, images out).
-
-Each method runs one plan (grouplat.client.plans) on the blocking runner (grouplat.client.runners);
-`AsyncClient` (grouplat.client.aio) runs the same plans on asyncio.
-"""
+"""`Client`: the blocking gRPC client of a grouplat Triton server. Each method runs one plan
+(grouplat.client.plans) on the blocking runner; `AsyncClient` runs the same plans on asyncio."""
 
 from __future__ import annotations
 
@@ -23,9 +20,9 @@ if TYPE_CHECKING:
 class Client(BlockingTransport, Plans):
     """Blocking client of one grouplat model, served by one or several equivalent endpoints.
 
-    Every edit method takes `Latents` or images (encoded first) and returns images float32
-    [B, C, H, W] in [-1, 1] (`to_uint8`, `to_pil`, `save_image` convert). Images go in as uint8
-    [.., H, W, C] / float [.., C, H, W] in [-1, 1] arrays, PIL images or file paths.
+    Images go in as uint8 [.., H, W, C] / float [.., C, H, W] in [-1, 1] arrays, PIL images or
+    file paths; every edit method takes them or `Latents`, and returns float32 [B, C, H, W] in
+    [-1, 1] (`to_uint8`, `to_pil`, `save_image` convert).
 
     Generation settings: by default encoding uses the model's and decoding the latents' own (which
     invert their encode). A method's `settings` (a `Settings`, i.e. grouplat's
@@ -41,11 +38,11 @@ class Client(BlockingTransport, Plans):
             authentication, are PEM file paths.
 
     Raises:
-        ValueError: a malformed server address or a non-positive timeout.
+        ValueError: a malformed server address.
 
     Every method raises ServerUnavailableError (no endpoint answered within the deadline),
     DeadlineExceededError, InvalidRequestError (a ValueError: the server's refusal), ServerError
-    (other server failures), and ValueError or FileNotFoundError for bad arguments, before sending.
+    (other server failures); and, before sending, ValueError or FileNotFoundError for bad arguments.
 
     Example:
         with Client("localhost:8001") as client:
@@ -102,7 +99,7 @@ class Client(BlockingTransport, Plans):
 
         Args:
             latents: the latents to decode.
-            force: decode latents of another model of the same layout anyway.
+            force: decode latents of another model anyway (their latent shape must match).
             settings: generation settings (default: the latents' own, else the model's).
             timeout: seconds for the call, retries included (default: the client's).
             **overrides: `steps`, `solver`, `schedule` over `settings`.
@@ -128,8 +125,7 @@ class Client(BlockingTransport, Plans):
     ) -> np.ndarray:
         """Images of `a` with the chosen groups taken from `b` (Fig. 6).
 
-        Two sets of images go to the server's `mix` model in one call; with `Latents` the groups
-        are mixed here and decoded.
+        Two sets of images go to the server's `mix` model in one call; `Latents` are mixed here.
 
         Args:
             a, b: latents or images; `b` may be one reference for all of `a` (or `a` one for all b).
@@ -201,8 +197,7 @@ class Client(BlockingTransport, Plans):
             float32 [len(values), C, H, W].
 
         Raises:
-            ValueError: more than one latent, a channel or index outside the latent, or values that are
-                not finite numbers.
+            ValueError: more than one latent, an element outside the latent, or non-finite values.
         """
         plan = self._plan_traverse(latent, channel, index, values, force, Wanted.of(settings, overrides))
         return self._run(plan, timeout)

@@ -17,7 +17,6 @@ from grouplat.serving.contract import (
     FINGERPRINT_PARAM,
     GENERATE_SCHEDULE_PARAM,
     HIDE_PARAM,
-    REQUEST_PARAMETERS,
     SOLVER_PARAM,
     SPACE_PARAM,
     STEPS_PARAM,
@@ -82,7 +81,7 @@ class Wanted:
     @classmethod
     def of(cls, settings: Settings | None, overrides: Overrides) -> Wanted:
         """From a method's `settings` and `**overrides` (TypeError for anything else)."""
-        unknown = sorted(set(overrides) - set(REQUEST_PARAMETERS))
+        unknown = sorted(set(overrides) - set(Overrides.__annotations__))
         if unknown:
             raise TypeError(
                 f"unexpected keyword argument(s) {', '.join(unknown)}: use steps, solver, schedule"
