@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": "grouplat.tools.evaluation.cli",
     "batch": "grouplat.client.batch.cli",
     "bench": "grouplat.tools.bench.cli",
+    "solvers": "grouplat.tools.solvers",
     "perf-analyzer": "grouplat.tools.perf_analyzer",
     "perf-inputs": "grouplat.tools.perf_analyzer",
     **{
