@@ -1,4 +1,4 @@
-"""One-way decode accuracy vs NFE for every solver and spacing (DESIGN §1: report one-way, not
+"""One-way decode accuracy vs NFE for every solver and spacing (docs/design.md §1: report one-way, not
 round-trip, accuracy). Two flows at 3×32×32 with the paper's groups and generation schedule:
 
 - `gaussian`: the exact oracle with an image-like spectrum (coefficient std ∝ 1/frequency, pixel

@@ -1,7 +1,7 @@
 """The exact Gaussian oracle as an ONNX velocity engine (`X_T`, `LEVELS` → `U`).
 
 Served like a trained network, it lets the whole stack — export, Triton, orchestrators, client —
-be checked against the exact answer `z̄ = (x̄ − μ)/σ` (DESIGN §1).
+be checked against the exact answer `z̄ = (x̄ − μ)/σ` (docs/design.md §1).
 """
 
 from __future__ import annotations

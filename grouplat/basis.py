@@ -1,4 +1,4 @@
-"""Orthonormal bases U of the latent space (DESIGN §1): `x̄ = Uᵀx`, `x = U x̄`.
+"""Orthonormal bases U of the latent space (docs/design.md §1): `x̄ = Uᵀx`, `x = U x̄`.
 
 A latent is float32 [B, C, H·W]: per channel, the coefficients in the basis order.
 Both bases act per channel and identically on every channel.

@@ -30,7 +30,7 @@ class ModelInfo:
         fingerprint: sha256 hex (64 characters) that names the model.
         space: the latent space (shape, basis, groups).
         train_schedule: the schedule the network was trained with (k groups, as the space).
-        hide: whether hidden groups (DESIGN §1) were used in training; encode/decode must match.
+        hide: whether hidden groups (docs/design.md §1) were used in training; encode/decode must match.
         mean: per-coefficient data mean, float32 [C, H·W].
         std: per-coefficient data std, float32 [C, H·W]; finite and positive.
 
@@ -51,7 +51,7 @@ class ModelInfo:
     fingerprint: str  # sha256 hex that names the model (weights + what shapes its latents)
     space: LatentSpace
     train_schedule: Schedule
-    hide: bool  # hidden groups (DESIGN §1) were used in training, so must be in encode/decode
+    hide: bool  # hidden groups (docs/design.md §1) were used in training, so must be in encode/decode
     mean: np.ndarray  # per-coefficient data mean [C, H·W], float32
     std: np.ndarray  # per-coefficient data std [C, H·W], float32
 

@@ -1,4 +1,4 @@
-"""What users do with a latent (DESIGN §2, paper §4 and App. C): pure array operations, then decode.
+"""What users do with a latent (docs/design.md §2, paper §4 and App. C): pure array operations, then decode.
 
 Latents are [B, C, H·W] (a single [C, H·W] latent is accepted too where noted). Groups are given
 by number (S1 is 1) or as a boolean mask of length k. Random operations take a seed.

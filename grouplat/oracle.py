@@ -1,4 +1,4 @@
-"""The exact Gaussian oracle (DESIGN §1): the true velocity when coefficients are independent,
+"""The exact Gaussian oracle (docs/design.md §1): the true velocity when coefficients are independent,
 `x̄_i ~ N(μ_i, σ_i²)`. Solver, schedule, basis and serving must reproduce it to solver accuracy.
 """
 

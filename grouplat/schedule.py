@@ -1,4 +1,4 @@
-"""Per-group noise schedules (DESIGN §1, paper Eq. 8).
+"""Per-group noise schedules (docs/design.md §1, paper Eq. 8).
 
 Group Sj is diffused during its own interval [s_j, e_j] of forward time (0 = data, 1 = noise);
 the intervals tile [0, 1]. Its level is `α_j(t) = clip((e_j − t)/(e_j − s_j), 0, 1)`.
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-HIDDEN = -1.0  # level of a group that decode makes after the active one (DESIGN: hidden groups)
+HIDDEN = -1.0  # level of a group that decode makes after the active one (docs/design.md: hidden groups)
 
 
 class Schedule:
@@ -194,7 +194,7 @@ class Schedule:
         Args:
             t: forward time(s), any shape [...].
             phase: the 0-based active group, broadcastable to t's shape; None: `active(t)`.
-            hide: mark hidden groups (DESIGN: hidden groups); False gives plain `levels(t)`.
+            hide: mark hidden groups (docs/design.md: hidden groups); False gives plain `levels(t)`.
 
         Returns:
             float32 [..., k], values in [0, 1] or exactly HIDDEN.

@@ -1,4 +1,4 @@
-"""ODE solvers for encode (data → latent) and decode (latent → data) — DESIGN §1.
+"""ODE solvers for encode (data → latent) and decode (latent → data) — docs/design.md §1.
 
 One routine, `solve`, walks a time grid; an ascending grid encodes, a descending one decodes.
 The grid has knots at every schedule kink, so each step lies inside one group's phase. During
@@ -54,7 +54,7 @@ def chunked(velocity: Velocity, max_batch: int) -> Velocity:
 def allocate_steps(schedule: Schedule, steps: int | Sequence[int], min_steps: int = 3) -> np.ndarray:
     """Steps per group (S1 first). A total N is split in proportion to the generation schedule's
     interval lengths (largest remainder); a group whose share falls below `min(min_steps, N // k)`
-    gets that many instead (DESIGN: a group with 1–2 steps is degenerate), taken from the others.
+    gets that many instead (docs/design.md: a group with 1–2 steps is degenerate), taken from the others.
     """
     if not isinstance(steps, (int, np.integer)):
         per_group = np.asarray(steps, dtype=int)
@@ -86,7 +86,7 @@ def phase_levels(steps: int, spacing: str, std_range: tuple[float, float]) -> np
     """The active group's levels α from 1 (data) down to 0 (noise), `steps + 1` knots.
 
     `tau` places the knots evenly in the Gaussian flow's own time
-    `τ_σ(α) = asinh(((1 + σ²)α − 1)/σ) / sqrt(1 + σ²)` (DESIGN §1, GEI), averaged over the
+    `τ_σ(α) = asinh(((1 + σ²)α − 1)/σ) / sqrt(1 + σ²)` (docs/design.md §1, GEI), averaged over the
     group's smallest and largest coefficient std: knots crowd where a coefficient's path bends
     (near α = 1 for σ < 1, near α = 0 for σ > 1). On the oracle with an image-like spectrum it
     beat uniform spacing by 9–14 dB of one-way decode PSNR at equal NFE.
@@ -137,7 +137,7 @@ def group_std_ranges(space: LatentSpace, std: np.ndarray) -> np.ndarray:
 
 
 class GaussianPart:
-    """The exactly solvable Gaussian part of one group's flow (DESIGN §1, GEI).
+    """The exactly solvable Gaussian part of one group's flow (docs/design.md §1, GEI).
 
     For coefficients with data mean μ and std σ, `u_g = μ + g(α)(x − αμ)` is the oracle velocity;
     with `w = (x − αμ)/s(α)` and `τ = ∫dα/s(α)` the full flow is `dw/dτ = u − u_g`, so only the
@@ -182,7 +182,7 @@ def solve(
     `gei1` and `gei2m` (1 and 2 NFE per step; they need the per-coefficient data `mean` and `std`,
     [C, H·W], and are exact for Gaussian data at any step count). With `hide`, the groups that
     decode makes after the active one are zeroed in the network's input and marked HIDDEN in its
-    levels (DESIGN: hidden groups).
+    levels (docs/design.md: hidden groups).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {', '.join(SOLVERS)}")

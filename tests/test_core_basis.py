@@ -1,4 +1,4 @@
-"""Basis and latent layout (DESIGN §1): the DCT is exactly scipy's, orthonormal, in blur order."""
+"""Basis and latent layout (docs/design.md §1): the DCT is exactly scipy's, orthonormal, in blur order."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The method core and the client side must import without torch (DESIGN §3)."""
+"""The method core and the client side must import without torch (docs/design.md §3)."""
 
 import subprocess
 import sys

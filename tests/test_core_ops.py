@@ -1,4 +1,4 @@
-"""Latent operations (DESIGN §2): each does exactly what it says, and refuses bad specs."""
+"""Latent operations (docs/design.md §2): each does exactly what it says, and refuses bad specs."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Per-group schedules (DESIGN §1, paper Eq. 8 and Table 1)."""
+"""Per-group schedules (docs/design.md §1, paper Eq. 8 and Table 1)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Solvers against the exact Gaussian oracle (DESIGN §1): the strongest test this project has."""
+"""Solvers against the exact Gaussian oracle (docs/design.md §1): the strongest test this project has."""
 
 import numpy as np
 import pytest
@@ -35,7 +35,7 @@ PAPER_SPACES = [((3, 16, 16), "dct", (30, 100, 200)), ((3, 32, 32), "dct", (30, 
 def test_heun_encode_matches_the_exact_encode(shape, basis, groups, schedule):
     space = LatentSpace(shape, basis, groups)
     oracle, x = oracle_for(space)
-    steps = 800  # 1600 NFE: the oracle's 1e-3 needs this many plain Heun steps (DESIGN §1)
+    steps = 800  # 1600 NFE: the oracle's 1e-3 needs this many plain Heun steps (docs/design.md §1)
     z = encode(oracle, x, space, Schedule.from_cuts(schedule), steps=steps, std=oracle.std)
     assert np.abs(z - oracle.encode(x)).max() <= 1e-3
     x_back = decode(oracle, z, space, Schedule.from_cuts(schedule), steps=steps, std=oracle.std)

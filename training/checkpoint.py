@@ -8,7 +8,7 @@
     trainer.json            step, images seen, …   ┘
 
 The fingerprint (sha256 over the EMA weights, the data statistics and the metadata that shape the
-latent space) identifies the model that makes — and alone may decode — a latent (DESIGN §2).
+latent space) identifies the model that makes — and alone may decode — a latent (docs/design.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training data (DESIGN §5): procedural shapes, the 2-D Gaussian mixture, image folders and zips.
+"""Training data (docs/design.md §5): procedural shapes, the 2-D Gaussian mixture, image folders and zips.
 
 A data set maps integer indices to float32 images [B, C, H, W] in [-1, 1] (`images(indices)`),
 deterministically: the same index always gives the same item, which makes runs, resumes and DDP
@@ -104,7 +104,7 @@ def held_out_shapes(resolution: int, training_seed: int = 0) -> Shapes:
 
 
 def sample_photographs(size: tuple[int, int] | None, count: int | None = None) -> list[np.ndarray]:
-    """Real photographs shipped inside scikit-learn and scikit-image (DESIGN §5), as uint8
+    """Real photographs shipped inside scikit-learn and scikit-image (docs/design.md §5), as uint8
     [H, W, 3] arrays, centre-cropped and resized to `size` = (H, W) unless it is None; as many as
     are installed (up to `count`). None installed: an empty list."""
     pictures: list[np.ndarray] = []

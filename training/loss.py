@@ -1,4 +1,4 @@
-"""The training loss: paper Eq. 7 with hidden groups (DESIGN §1).
+"""The training loss: paper Eq. 7 with hidden groups (docs/design.md §1).
 
     t ~ U(0, 1) under the training schedule,  z̄ ~ N(0, I),  x̄_t = α(t) ⊙ x̄ + (1 − α(t)) ⊙ z̄
     loss = w(t) ⊙ (x̄ − z̄ − Uᵀ f_θ(U(m ⊙ x̄_t), a(t)))²
@@ -45,7 +45,7 @@ class GroupedFlowLoss:
         self,
         space: LatentSpace,
         schedule: Schedule,  # the *training* schedule
-        hide: bool = True,  # zero and mark hidden groups (DESIGN: hidden groups)
+        hide: bool = True,  # zero and mark hidden groups (docs/design.md: hidden groups)
         weighting: str = "paper",  # "paper" (α'² of Eq. 7), "uniform" (1 on the active group), "group"
         data_mean: np.ndarray | None = None,  # per-coefficient stats [C, H·W], for the Gaussian baseline
         data_std: np.ndarray | None = None,

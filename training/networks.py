@@ -1,4 +1,4 @@
-"""Group-conditioned velocity networks (DESIGN §1): `f_θ(x_t, levels) → [B, C, H, W]`.
+"""Group-conditioned velocity networks (docs/design.md §1): `f_θ(x_t, levels) → [B, C, H, W]`.
 
 A DDPM++-style U-Net after EDM's SongUNet, and a small MLP for 2-D point data. Both see the k
 group levels — never t — through one embedding that is added in every block. Export-friendly:
@@ -55,7 +55,7 @@ class LevelEmbedding(nn.Module):
 
     Per group: α, a hidden flag, and `frequencies` smooth features sin/cos(nπα), n = 1…F, then a
     2-layer MLP. Low frequencies only: high-frequency Fourier features of log(1−α) made the
-    prototype's network rough near α = 1 (DESIGN §1).
+    prototype's network rough near α = 1 (docs/design.md §1).
     """
 
     freqs: torch.Tensor
@@ -288,7 +288,7 @@ class TorchBasis(nn.Module):
 
 
 class GaussianResidual(nn.Module):
-    """`Uᵀf = u_g + r ⊙ Uᵀnet`: the network adds what is not Gaussian (DESIGN §1, trap 1).
+    """`Uᵀf = u_g + r ⊙ Uᵀnet`: the network adds what is not Gaussian (docs/design.md §1, trap 1).
 
     `u_g` is the exact velocity for per-coefficient Gaussian data with the data's own mean and
     std (`grouplat.oracle.gaussian_velocity`), and `r = σ/sqrt(α²σ² + (1−α)²)` is the std of

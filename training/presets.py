@@ -17,7 +17,7 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     # The demo model: procedural shapes at 32×32 on a CPU. Uniform weighting: with the paper's α'²,
     # after 3000 steps the finest group's error was 0.27 of the Gaussian predictor's (uniform: 0.09)
-    # and samples kept grain (DESIGN, known trap 1); the coarse groups were on par. 3000 steps
+    # and samples kept grain (docs/design.md, known trap 1); the coarse groups were on par. 3000 steps
     # (~45 min on 2 idle cores) give soft shapes; grids every 1000 steps show when to stop.
     "shapes32": dict(
         data="shapes:32", basis="dct", groups="30,100,500", weighting="uniform",  # schedule: 0.6,0.8,0.9

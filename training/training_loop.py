@@ -55,7 +55,7 @@ class TrainConfig:
     basis:             str = "dct"           # dct | pixel
     groups:            str = "30,100,500"    # boundaries | "-" (one group) | quadrants | elements
     schedule:          str | None = None     # training cuts; default PAPER_TRAIN for k=4, else even
-    hide:              bool = True           # hidden groups (DESIGN); False = the paper-exact ablation
+    hide:              bool = True           # hidden groups (docs/design.md §1.4); False: paper-exact
     weighting:         str = "paper"         # paper (α'², Eq. 7) | uniform (1 on the active group) | group
     times:             str = "schedule"      # schedule (t ~ U(0, 1)) | phase (a group, then t inside it)
     steps:             int = 10000           # optimizer steps in total

@@ -1,4 +1,4 @@
-"""The library behind the Python-backend orchestrators `encode`, `decode` and `mix` (DESIGN §4).
+"""The library behind the Python-backend orchestrators `encode`, `decode` and `mix` (docs/design.md §4).
 
 `orchestrator/model.py` stays thin: it builds an `Orchestrator` from Triton's arguments and hands
 every `execute` to `answer`, which validates each request on its own, runs all good requests with

@@ -120,7 +120,7 @@ def round_trip(model: Model, images: np.ndarray, budget: Budget) -> dict:
 
 
 def one_way(model: Model, budget: Budget, seed: int) -> dict:
-    """Decode of fixed N(0, I) latents vs a many-step GEI-2m reference decode (DESIGN §1, trap 2)."""
+    """Decode of fixed N(0, I) latents vs a many-step GEI-2m reference decode (docs/design.md §1, trap 2)."""
     latents = np.random.default_rng(seed).standard_normal((budget.images, *model.space.latent_shape))
     latents = latents.astype(np.float32)
     steps = budget.reference * max(budget.nfe)

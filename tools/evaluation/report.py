@@ -55,7 +55,7 @@ def markdown(report: dict) -> str:
         "## Reconstruction PSNR (dB) vs NFE",
         f"Round trip: encode → decode of {budget['images']} held-out images at that NFE each way. One-way: "
         f"decode of {budget['images']} fixed N(0, I) latents vs a reference decode "
-        f"({report['one_way'][names[0]]['reference']}); round trip flatters a solver (DESIGN §1).",
+        f"({report['one_way'][names[0]]['reference']}); round trip flatters a solver (docs/design.md §1).",
         _table(["model", "solver", "measure", *(f"{k} NFE" for k in nfe)], rows),
     ]
 
@@ -68,7 +68,7 @@ def markdown(report: dict) -> str:
         f"Resample group Sj of {budget['images']} held-out latents, "
         f"decode (Heun, {budget['decode_nfe']} NFE): "
         "RMS change of each coarser group Si's coefficients ÷ RMS change of Sj's. The baseline is probed "
-        "on the same coefficient index sets. DESIGN §1: coarser groups should not move.",
+        "on the same coefficient index sets. docs/design.md §1: coarser groups should not move.",
         _table(["perturbed", "coarser group", *names], rows),
     ]
 
