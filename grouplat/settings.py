@@ -73,11 +73,34 @@ class GenerationSettings:
         return replace(self, steps=int(steps), schedule=schedule.text)
 
     def generation_schedule(self, k: int) -> Schedule:
-        """The generation schedule as a `Schedule` (the default one when `schedule` is None)."""
+        """The generation schedule as a `Schedule` (the default one when `schedule` is None).
+
+        Args:
+            k: the model's number of groups.
+
+        Returns:
+            `Schedule.parse(schedule, k)`, or `default_generate_schedule(k)` when `schedule` is None.
+
+        Raises:
+            ValueError: a malformed schedule or one without k groups (not after `check(k)`).
+
+        Example:
+            >>> GenerationSettings(schedule="0.5").generation_schedule(2).intervals.tolist()
+            [[0.5, 1.0], [0.0, 0.5]]
+        """
         return default_generate_schedule(k) if self.schedule is None else Schedule.parse(self.schedule, k)
 
     def parameters(self) -> dict[str, str | int]:
-        """The per-request Triton parameters (`solver`, `steps`, `schedule` when set)."""
+        """The per-request Triton parameters (`solver`, `steps`, `schedule` when set).
+
+        Returns:
+            `{"solver": ..., "steps": ...}`, with `"schedule"` too when it is not None; the
+            values as stored (`check` first for canonical ones).
+
+        Example:
+            >>> GenerationSettings(steps=30).check(k=4).parameters()
+            {'solver': 'heun', 'steps': 30, 'schedule': '0.1,0.2,0.3'}
+        """
         values: dict[str, str | int] = {"solver": self.solver, "steps": self.steps}
         if self.schedule is not None:
             values["schedule"] = self.schedule
@@ -90,8 +113,16 @@ class GenerationSettings:
             parameters: `steps` (an integer, or a string of ASCII digits), `solver`, `schedule`.
             k: the model's number of groups.
 
+        Returns:
+            New settings, checked for k (`check`); a parameter left out keeps this value, and
+            `spacing` (not a request parameter) is always kept.
+
         Raises:
             ValueError: an unknown parameter or a bad value (see `check`).
+
+        Example:
+            >>> GenerationSettings().with_parameters({"steps": "30", "solver": "gei2m"}, 4)
+            GenerationSettings(solver='gei2m', steps=30, schedule='0.1,0.2,0.3', spacing='tau')
         """
         unknown = sorted(set(parameters) - {"steps", "solver", "schedule"})
         if unknown:
@@ -112,7 +143,19 @@ class GenerationSettings:
 
 def default_generate_schedule(k: int, train: Schedule | None = None) -> Schedule:
     """The default generation schedule: the paper's 0.1,0.2,0.3 for four groups, else the training
-    schedule when given, else even cuts."""
+    schedule when given, else even cuts.
+
+    Args:
+        k: the model's number of groups.
+        train: the model's training schedule, returned as is when k ≠ 4; None: even cuts.
+
+    Returns:
+        The schedule.
+
+    Example:
+        >>> [default_generate_schedule(k).cuts for k in (4, 3, 1)]
+        ['0.1,0.2,0.3', '0.333333,0.666667', '-']
+    """
     if k == 4:
         return Schedule.from_cuts(PAPER_GENERATE)
     if train is not None:

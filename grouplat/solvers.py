@@ -18,11 +18,16 @@ from grouplat.oracle import gaussian_velocity
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
 
+# f(x_t: float32 [B, C, H, W] pixels, levels: float32 [B, k]) → float32 [B, C, H, W] pixels
 Velocity = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# callback(i, t1, x) after step i: t1 its end (forward time), x the live state [B, C, H·W] (copy to keep)
 Callback = Callable[[int, float, np.ndarray], None]
 
+# Euler, Heun, and the Gaussian exponential integrators (`GaussianPart`): gei1, midpoint gei2m
 SOLVERS = ("euler", "heun", "gei1", "gei2m")
-NFE_PER_STEP = {"euler": 1, "heun": 2, "gei1": 1, "gei2m": 2}  # network evaluations per ODE step
+# network evaluations per ODE step: a solve costs NFE_PER_STEP[solver] × its steps
+NFE_PER_STEP = {"euler": 1, "heun": 2, "gei1": 1, "gei2m": 2}
+# knot spacing inside a group's phase (`phase_levels`): even in α, or even in the Gaussian flow's τ
 SPACINGS = ("uniform", "tau")
 DEFAULT_STD_RANGE = (0.1, 10.0)  # coefficient std range assumed by `tau` spacing without stats
 
@@ -55,6 +60,21 @@ def allocate_steps(schedule: Schedule, steps: int | Sequence[int], min_steps: in
     """Steps per group (S1 first). A total N is split in proportion to the generation schedule's
     interval lengths (largest remainder); a group whose share falls below `min(min_steps, N // k)`
     gets that many instead (docs/design.md: a group with 1–2 steps is degenerate), taken from the others.
+
+    Args:
+        schedule: the generation schedule; its interval lengths weigh a total.
+        steps: a total N ≥ k, or one count per group (S1 first), returned as given.
+        min_steps: the fewest steps a group gets from a total (at most N // k).
+
+    Returns:
+        int [k], S1 first; a total's counts add up to N.
+
+    Raises:
+        ValueError: a total below k, or per-group counts that are not k positive numbers.
+
+    Example:
+        >>> allocate_steps(Schedule.from_cuts("0.1,0.2,0.3"), 20).tolist()  # S1's phase is 0.7 long
+        [11, 3, 3, 3]
     """
     if not isinstance(steps, (int, np.integer)):
         per_group = np.asarray(steps, dtype=int)
@@ -90,6 +110,21 @@ def phase_levels(steps: int, spacing: str, std_range: tuple[float, float]) -> np
     group's smallest and largest coefficient std: knots crowd where a coefficient's path bends
     (near α = 1 for σ < 1, near α = 0 for σ > 1). On the oracle with an image-like spectrum it
     beat uniform spacing by 9–14 dB of one-way decode PSNR at equal NFE.
+
+    Args:
+        steps: the phase's number of steps.
+        spacing: `uniform` (even in α) or `tau`.
+        std_range: the group's (min, max) coefficient std, used by `tau`.
+
+    Returns:
+        float64 [steps + 1], from exactly 1 down to exactly 0.
+
+    Raises:
+        ValueError: an unknown spacing (only checked when steps ≥ 2).
+
+    Example:
+        >>> phase_levels(4, "tau", (0.1, 10.0)).round(3).tolist()
+        [1.0, 0.829, 0.5, 0.171, 0.0]
     """
     if spacing == "uniform" or steps < 2:
         return np.linspace(1.0, 0.0, steps + 1)
@@ -116,7 +151,25 @@ def time_grid(
 ) -> np.ndarray:
     """Ascending forward times from 0 to 1 with a knot at every interval end.
 
-    `std_ranges` [k, 2] gives each group's (min, max) coefficient std for `tau` spacing.
+    Each group's phase gets its `allocate_steps` share, its knots placed by `phase_levels`.
+
+    Args:
+        schedule: the generation schedule.
+        steps: a total, or one count per group (S1 first), as for `allocate_steps`.
+        spacing: `tau` or `uniform` (SPACINGS).
+        std_ranges: [k, 2], each group's (min, max) coefficient std for `tau` spacing
+            (`group_std_ranges`); None: DEFAULT_STD_RANGE for every group.
+        min_steps: as for `allocate_steps`.
+
+    Returns:
+        float64 [total steps + 1], ascending from exactly 0 to exactly 1.
+
+    Raises:
+        ValueError: steps that `allocate_steps` rejects, or an unknown spacing (see `phase_levels`).
+
+    Example:
+        >>> time_grid(Schedule.from_cuts("0.5"), [2, 2], "uniform").tolist()
+        [0.0, 0.25, 0.5, 0.75, 1.0]
     """
     per_group = allocate_steps(schedule, steps, min_steps)
     ranges = np.tile(DEFAULT_STD_RANGE, (schedule.k, 1)) if std_ranges is None else std_ranges
@@ -129,7 +182,22 @@ def time_grid(
 
 
 def group_std_ranges(space: LatentSpace, std: np.ndarray) -> np.ndarray:
-    """[k, 2]: min and max of the per-coefficient data std ([C, H·W]) inside each group."""
+    """[k, 2]: min and max of the per-coefficient data std ([C, H·W]) inside each group.
+
+    Args:
+        space: the latent space (its groups).
+        std: the per-coefficient data std, broadcastable to [C, H·W].
+
+    Returns:
+        [k, 2], S1 first, in std's dtype (float64 for float64 stats).
+
+    Raises:
+        ValueError: a std that does not broadcast to [C, H·W].
+
+    Example:
+        >>> group_std_ranges(LatentSpace((1, 2, 2), "pixel", (1, 3)), np.array([4.0, 1.0, 3.0, 2.0])).tolist()
+        [[4.0, 4.0], [1.0, 3.0], [2.0, 2.0]]
+    """
     std = np.broadcast_to(std, space.latent_shape)
     return np.array(
         [[std[:, ix].min(), std[:, ix].max()] for ix in (space.indices(g) for g in range(1, space.k + 1))]
@@ -142,6 +210,14 @@ class GaussianPart:
     For coefficients with data mean μ and std σ, `u_g = μ + g(α)(x − αμ)` is the oracle velocity;
     with `w = (x − αμ)/s(α)` and `τ = ∫dα/s(α)` the full flow is `dw/dτ = u − u_g`, so only the
     network's residual is integrated numerically and the stiff Gaussian part is exact.
+
+    Args:
+        mean: μ of the group's coefficients (any shape; stored as float64).
+        std: σ of the same coefficients, broadcastable to mean; positive.
+
+    Attributes:
+        mean: float64 μ.
+        var: float64 σ².
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
@@ -149,13 +225,16 @@ class GaussianPart:
         self.var = np.asarray(std, np.float64) ** 2
 
     def scale(self, alpha: float) -> np.ndarray:
+        """`s(α) = sqrt(α²σ² + (1 − α)²)`, the std of x̄_t at level α (float64)."""
         return np.sqrt(alpha**2 * self.var + (1 - alpha) ** 2)
 
     def tau(self, alpha: float) -> np.ndarray:
+        """`τ(α) = asinh(((1 + σ²)α − 1)/σ) / sqrt(1 + σ²)`, an antiderivative of 1/s(α) (float64)."""
         root = np.sqrt(1 + self.var)
         return np.arcsinh(((1 + self.var) * alpha - 1) / np.sqrt(self.var)) / root
 
     def residual(self, x: np.ndarray, u: np.ndarray, alpha: float) -> np.ndarray:
+        """`u − u_g`: the velocity u at state x and level α less the Gaussian's own velocity u_g."""
         return u - gaussian_velocity(x, alpha, self.mean, self.var)
 
     def advance(self, x: np.ndarray, residual: np.ndarray, alpha: float, to: float) -> np.ndarray:
@@ -183,6 +262,39 @@ def solve(
     [C, H·W], and are exact for Gaussian data at any step count). With `hide`, the groups that
     decode makes after the active one are zeroed in the network's input and marked HIDDEN in its
     levels (docs/design.md: hidden groups).
+
+    Args:
+        velocity: the network (or oracle) as a `Velocity` callable.
+        latents: the start state [B, C, H·W] (data coefficients to encode, latents to decode); not
+            modified.
+        space: the latent space.
+        schedule: the generation schedule, with space's k groups.
+        grid: forward times with a knot at every interval end (`time_grid`); an ascending grid
+            encodes (0 → 1), a descending one decodes (1 → 0).
+        solver: one of SOLVERS.
+        hide: hide the groups decode makes later from the network (see above).
+        callback: `callback(i, t1, x)` after every step i, with t1 the step's end and x the live
+            state array, updated in place by later steps: copy it to keep it.
+        mean: the data mean per coefficient, broadcastable to [C, H·W]; needed by `gei1`, `gei2m`.
+        std: the data std, likewise.
+
+    Returns:
+        float32 [B, C, H·W], the state at the grid's last time.
+
+    Raises:
+        ValueError: an unknown solver, a schedule whose k is not the space's, latents of
+            another shape, or a `gei` solver without mean and std (or with stats that do not
+            broadcast to [C, H·W]).
+
+    Example:
+        >>> from grouplat.oracle import GaussianOracle
+        >>> space = LatentSpace((1, 8, 8), "dct", (4, 16))
+        >>> oracle, schedule = GaussianOracle(space, 0.0, 0.5), Schedule.from_cuts("0.5,0.8")
+        >>> images = oracle.sample(2)
+        >>> z = solve(oracle, space.to_latent(images), space, schedule, time_grid(schedule, 6),
+        ...           "gei1", mean=oracle.mean, std=oracle.std)  # ascending grid: encode
+        >>> z.dtype, z.shape, bool(np.abs(z - oracle.encode(images)).max() < 1e-4)
+        (dtype('float32'), (2, 1, 64), True)
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {', '.join(SOLVERS)}")
@@ -263,6 +375,39 @@ def encode(
     `steps` is a total (split by `schedule`, the generation schedule) or one count per group.
     `std` and `mean` are the per-coefficient data statistics [C, H·W] stored with a model:
     `std` places the `tau` knots, and the `gei` solvers need both.
+
+    Args:
+        velocity: the network (or oracle) as a `Velocity` callable.
+        images: [B, C, H, W] pixels.
+        space: the latent space.
+        schedule: the generation schedule, with space's k groups.
+        steps: a total, or one count per group (S1 first), as for `allocate_steps`.
+        solver: one of SOLVERS.
+        spacing: one of SPACINGS.
+        std: the data std per coefficient, broadcastable to [C, H·W]; None: `tau` spacing assumes
+            DEFAULT_STD_RANGE, and the `gei` solvers cannot run.
+        mean: the data mean per coefficient, broadcastable to [C, H·W]; needed by the `gei` solvers.
+        hide: as for `solve`.
+        callback: as for `solve` (copy the state to keep it).
+
+    Returns:
+        float32 latents [B, C, H·W].
+
+    Raises:
+        ValueError: images of another shape, a std that does not broadcast, or anything that
+            `time_grid` or `solve` rejects (bad steps, spacing or solver, a k mismatch, a `gei`
+            solver without mean and std).
+
+    Example:
+        >>> from grouplat.oracle import GaussianOracle
+        >>> space = LatentSpace((1, 8, 8), "dct", (4, 16))
+        >>> oracle, schedule = GaussianOracle(space, 0.0, 0.5), Schedule.from_cuts("0.5,0.8")
+        >>> images = oracle.sample(2)
+        >>> stats = dict(solver="gei2m", mean=oracle.mean, std=oracle.std)
+        >>> z = encode(oracle, images, space, schedule, steps=6, **stats)
+        >>> back = decode(oracle, z, space, schedule, steps=6, **stats)
+        >>> z.shape, back.shape, bool(np.abs(back - images).max() < 1e-6)  # GEI: exact on Gaussians
+        ((2, 1, 64), (2, 1, 8, 8), True)
     """
     grid = _grid(space, schedule, steps, spacing, std)
     latents = space.to_latent(images)
@@ -282,7 +427,32 @@ def decode(
     hide: bool = True,
     callback: Callback | None = None,
 ) -> np.ndarray:
-    """Latents [B, C, H·W] → images [B, C, H, W] (integrate t from 1 to 0). See `encode`."""
+    """Latents [B, C, H·W] → images [B, C, H, W] (integrate t from 1 to 0).
+
+    The same grid as `encode` with the same arguments, walked backwards (`encode` has a round trip).
+
+    Args:
+        velocity: the network (or oracle) as a `Velocity` callable.
+        latents: [B, C, H·W]; not modified.
+        space: the latent space.
+        schedule: the generation schedule, with space's k groups.
+        steps: a total, or one count per group (S1 first), as for `allocate_steps`.
+        solver: one of SOLVERS.
+        spacing: one of SPACINGS.
+        std: the data std per coefficient, broadcastable to [C, H·W]; None: `tau` spacing assumes
+            DEFAULT_STD_RANGE, and the `gei` solvers cannot run.
+        mean: the data mean per coefficient, broadcastable to [C, H·W]; needed by the `gei` solvers.
+        hide: as for `solve`.
+        callback: as for `solve` (copy the state to keep it).
+
+    Returns:
+        float32 images [B, C, H, W] (not clipped to [-1, 1]).
+
+    Raises:
+        ValueError: latents of another shape, a std that does not broadcast, or anything that
+            `time_grid` or `solve` rejects (bad steps, spacing or solver, a k mismatch, a `gei`
+            solver without mean and std).
+    """
     grid = _grid(space, schedule, steps, spacing, std)[::-1]
     state = solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std)
     return space.from_latent(state)
