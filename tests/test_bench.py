@@ -16,6 +16,21 @@ from grouplat.export.oracle import oracle_info
 from grouplat.tools.bench import headline, parse_variant, round_trip_nfe
 
 
+def test_quick_soak_reports_isolation_statuses_and_memory(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-0000001")
+    out = tmp_path / "soak.json"
+    command = [sys.executable, "-m", "grouplat.tools.bench", "--quick", "--soak", "4", "--checkpoint",
+               str(checkpoint), "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["isolation"]["max_cost_request"]["status"] == "OK" and report["isolation"]["samples"] > 0
+    statuses = report["soak"]["statuses"]
+    assert not report["soak"]["unexpected"] and any(k.endswith(": OK") for k in statuses)
+    assert all("INVALID_ARGUMENT" in k for k in statuses if k.startswith("bad"))
+    assert report["soak"]["rss_mib_end"] > 0 and "Isolation:" in result.stdout
+
+
 def test_quick_bench_writes_every_ratio(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "checkpoint-0000001")  # tiny, random: P4 runs but means nothing
     out = tmp_path / "bench.json"

@@ -59,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serving variant NAME:field=value,… (repeatable; default: " + " and ".join(VARIANTS) + ")",
     )
     p.add_argument("--no-p4", action="store_true", help="skip P4 even with a checkpoint")
+    p.add_argument(
+        "--soak",
+        type=float,
+        metavar="SECONDS",
+        help="instead of the table: isolation (a small request beside a maximum-cost one) and a mixed "
+        "good/bad load for SECONDS, with the servers' memory slope (the demo net)",
+    )
     p.add_argument("--quick", action="store_true", help="a < 60 s smoke run: " + json.dumps(QUICK))
     p.add_argument("--out", default="bench.json", help="write the results here (default bench.json)")
     p.set_defaults(handler=run)
@@ -78,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if set(args.load_ops) - set(OPERATIONS):
         print(f"grouplat bench: error: --load-ops takes {', '.join(OPERATIONS)}", file=sys.stderr)
         return 2
+    if args.soak is not None:
+        return run_soak(args)
     variants = dict(args.variant or [parse_variant(v) for v in VARIANTS])
     results: dict[str, Any] = {
         "machine": machine(),
@@ -108,6 +117,21 @@ def run(args: argparse.Namespace) -> int:
     results["ratios"] = headline(results, next(iter(variants)), args.load_ops)
     text = report(results)
     print(text)
+    Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"\nwritten {args.out} ({results['seconds']:.0f} s)")
+    return 0
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    from grouplat.tools.bench.soak import soak, soak_report
+
+    progress(f"soak: {args.soak:g} s on the demo net")
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(), "load_average": {"start": os.getloadavg()}}
+    results.update(soak(load_net("demo", args.checkpoint), args.soak, max_cost=64 if args.quick else None))
+    results["load_average"]["end"] = os.getloadavg()
+    results["seconds"] = time.perf_counter() - started
+    print(soak_report(results))
     Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(f"\nwritten {args.out} ({results['seconds']:.0f} s)")
     return 0
