@@ -128,7 +128,7 @@ def run_soak(args: argparse.Namespace) -> int:
     progress(f"soak: {args.soak:g} s on the demo net")
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine(), "load_average": {"start": os.getloadavg()}}
-    results.update(soak(load_net("demo", args.checkpoint), args.soak, max_cost=64 if args.quick else None))
+    results.update(soak(load_net("demo", args.checkpoint), args.soak, max_cost=128 if args.quick else None))
     results["load_average"]["end"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - started
     print(soak_report(results))
