@@ -10,7 +10,7 @@ A velocity callable is `f(x_t: float32 [B, C, H, W], levels: float32 [B, k]) →
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from grouplat.space import LatentSpace
 
 # f(x_t: float32 [B, C, H, W] pixels, levels: float32 [B, k]) → float32 [B, C, H, W] pixels
 Velocity = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Query = tuple[np.ndarray, np.ndarray]  # one network evaluation: (pixels [B, C, H, W], levels [B, k])
 # callback(i, t1, x) after step i: t1 its end (forward time), x the live state [B, C, H·W] (copy to keep)
 Callback = Callable[[int, float, np.ndarray], None]
 
@@ -296,6 +297,34 @@ def solve(
         >>> z.dtype, z.shape, bool(np.abs(z - oracle.encode(images)).max() < 1e-4)
         (dtype('float32'), (2, 1, 64), True)
     """
+    steps = solve_steps(latents, space, schedule, grid, solver, hide, callback, mean, std)
+    try:
+        query = next(steps)
+        while True:
+            query = steps.send(velocity(*query))
+    except StopIteration as finished:
+        return finished.value
+
+
+def solve_steps(
+    latents: np.ndarray,
+    space: LatentSpace,
+    schedule: Schedule,
+    grid: np.ndarray,
+    solver: str = "heun",
+    hide: bool = True,
+    callback: Callback | None = None,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+) -> Generator[Query, np.ndarray, np.ndarray]:
+    """`solve` as a generator: the same integration, but each network evaluation is handed out.
+
+    It yields every query `(pixels [B, C, H, W], levels [B, k])` and takes the velocity's answer
+    back through `send`; its return value (`StopIteration.value`) is the final state. `solve` is
+    this driven by one velocity callable; a scheduler can interleave many of them and answer their
+    queries in one batched network call. Arguments and errors are those of `solve` (the errors
+    are raised on the first `next`).
+    """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {', '.join(SOLVERS)}")
     if schedule.k != space.k:
@@ -311,24 +340,24 @@ def solve(
     batch = len(x)
     hidden = [schedule.hidden[j][space.group_of] for j in range(space.k)]  # per phase, [H·W]
 
-    def group_velocity(state: np.ndarray, t: float, phase: int) -> np.ndarray:
+    def group_velocity(state: np.ndarray, t: float, phase: int) -> Generator[Query, np.ndarray, np.ndarray]:
         levels = schedule.conditioning(t, phase, hide)
         visible = np.where(hidden[phase], np.float32(0), state) if hide else state
         pixels = space.basis.from_latent(visible).astype(np.float32, copy=False)
-        f = velocity(pixels, np.broadcast_to(levels, (batch, space.k)).copy())
+        f = yield pixels, np.broadcast_to(levels, (batch, space.k)).copy()
         return space.basis.to_latent(np.asarray(f, dtype=np.float32))[..., space.indices(phase + 1)]
 
     for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
         phase = int(schedule.active(0.5 * (t0 + t1)))
         members = space.indices(phase + 1)
         a0, a1 = (float(schedule.levels(t)[phase]) for t in (t0, t1))
-        u0 = group_velocity(x, float(t0), phase)
+        u0 = yield from group_velocity(x, float(t0), phase)
         if solver == "euler":
             x[..., members] += np.float32(a1 - a0) * u0
         elif solver == "heun":
             predicted = x.copy()
             predicted[..., members] += np.float32(a1 - a0) * u0
-            u1 = group_velocity(predicted, float(t1), phase)
+            u1 = yield from group_velocity(predicted, float(t1), phase)
             x[..., members] += np.float32(a1 - a0) * 0.5 * (u0 + u1)
         else:
             part, x0 = gaussian[phase], x[..., members].astype(np.float64)
@@ -338,7 +367,7 @@ def solve(
                 t_mid = schedule.end[phase] - a_mid * (schedule.end[phase] - schedule.start[phase])
                 midpoint = x.copy()
                 midpoint[..., members] = part.advance(x0, residual, a0, a_mid)
-                u_mid = group_velocity(midpoint, float(t_mid), phase)
+                u_mid = yield from group_velocity(midpoint, float(t_mid), phase)
                 residual = part.residual(midpoint[..., members].astype(np.float64), u_mid, a_mid)
             x[..., members] = part.advance(x0, residual, a0, a1)
         if callback is not None:

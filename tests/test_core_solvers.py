@@ -202,3 +202,33 @@ def test_gei_needs_the_data_statistics():
     oracle, x = oracle_for(space)
     with pytest.raises(ValueError, match="needs the data mean and std"):
         encode(oracle, x, space, Schedule.from_cuts("0.5"), steps=4, solver="gei2m")
+
+
+def test_interleaved_solve_steps_answered_in_one_batch_equal_solving_each_alone():
+    """`solve_steps` hands out each network evaluation: two solves with different step counts and
+    solvers, answered together in one batched call per round, give each solve's own result exactly."""
+    from grouplat.solvers import solve, solve_steps, time_grid
+
+    space = LatentSpace((3, 8, 8), "dct", (4, 16, 40))
+    oracle = GaussianOracle(space, 0.1, np.linspace(2.0, 0.2, space.size))
+    schedule = Schedule.from_cuts("0.1,0.2,0.3")
+    z = np.random.default_rng(0).standard_normal((3, *space.latent_shape)).astype(np.float32)
+    jobs = [(z[:1], 8, "heun"), (z[1:], 13, "gei2m")]
+    stats = {"mean": oracle.mean, "std": oracle.std}
+    alone = [solve(oracle, x, space, schedule, time_grid(schedule, n)[::-1], s, **stats) for x, n, s in jobs]
+    running = [solve_steps(x, space, schedule, time_grid(schedule, n)[::-1], s, **stats) for x, n, s in jobs]
+    queries = {i: next(g) for i, g in enumerate(running)}
+    results: dict[int, np.ndarray] = {}
+    while queries:
+        order = sorted(queries)
+        pixels = np.concatenate([queries[i][0] for i in order])
+        levels = np.concatenate([queries[i][1] for i in order])
+        answers = np.split(oracle(pixels, levels), np.cumsum([len(queries[i][0]) for i in order])[:-1])
+        for i, answer in zip(order, answers):
+            try:
+                queries[i] = running[i].send(answer)
+            except StopIteration as finished:
+                results[i] = finished.value
+                del queries[i]
+    for i, expected in enumerate(alone):
+        np.testing.assert_array_equal(results[i], expected)
