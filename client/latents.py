@@ -3,6 +3,10 @@
 A latent is only meaningful with the model that made it (DESIGN §2), so `Latents` carries the
 model's fingerprint, the latent layout (image shape, basis, groups) and the generation settings, and
 serializes all of it to the `grouplat.v1.LatentCode` protobuf (proto/latent.proto).
+
+A code read from bytes is checked field by field before anything is built from it: a code whose
+header claims more than its bytes hold, or a layout beyond the bounds below, is a ValueError naming
+the problem, raised before the latent space (its basis matrices, O(H² + W²)) is made.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from grouplat.basis import BASES
 from grouplat.proto import FORMAT_VERSION, latent_pb2
 from grouplat.settings import GenerationSettings
 from grouplat.space import LatentSpace
@@ -21,6 +26,12 @@ from grouplat.space import LatentSpace
 Settings = GenerationSettings  # the client's name for the one settings type
 
 DTYPES = {"float32": latent_pb2.DTYPE_FLOAT32, "float16": latent_pb2.DTYPE_FLOAT16}
+
+# What a latent code read from bytes may claim (checked before its latent space is built):
+MAX_SIDE = 8192  # H and W
+MAX_CHANNELS = 64  # C
+MAX_VALUES = 2**26  # C·H·W of one image (e.g. 1×8192×8192, 4×4096×4096, 64×1024×1024)
+MAX_FILE_BYTES = 2**30  # `Latents.load`: a larger file is refused before it is read (1 GiB)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,6 +142,10 @@ class Latents:
     def from_proto(cls, code: latent_pb2.LatentCode) -> Latents:
         """Latents from a `grouplat.v1.LatentCode` message.
 
+        Everything the header says is checked first (the bounds MAX_SIDE, MAX_CHANNELS, MAX_VALUES;
+        the coefficient bytes against count × C × H × W × itemsize; the groups), then the latent
+        space is built: a bad code fails fast, without a large allocation.
+
         Raises:
             ValueError: a format version this grouplat does not read, or an inconsistent code.
         """
@@ -139,29 +154,9 @@ class Latents:
                 f"latent code format version {code.format_version} is not one this grouplat reads "
                 f"(1..{FORMAT_VERSION}); a newer grouplat may read it"
             )
-        names = {v: k for k, v in DTYPES.items()}
-        if code.dtype not in names:
-            raise ValueError(f"latent code has an unknown dtype ({code.dtype})")
-        if len(code.image_shape) != 3:
-            raise ValueError(f"latent code image shape must be [C, H, W], got {list(code.image_shape)}")
-        shape = [int(s) for s in code.image_shape]
-        groups: Any
-        if code.group_of:
-            group_of = np.asarray(code.group_of, dtype=np.int64)
-            if len(group_of) != shape[1] * shape[2]:
-                raise ValueError(f"latent code names groups for {len(group_of)} coefficients, not H·W")
-            groups = [np.flatnonzero(group_of == j).tolist() for j in range(int(group_of.max()) + 1)]
-        else:
-            groups = [int(b) for b in code.group_boundaries]
-        space = LatentSpace(shape, code.basis, groups)
-        dtype = names[code.dtype]
+        dtype, shape, groups = _check_header(code)
+        space = LatentSpace(shape, code.basis, groups)  # only now: its basis is O(H² + W²)
         item = np.dtype("<" + ("f4" if dtype == "float32" else "f2"))
-        expected = code.count * space.channels * space.size * item.itemsize
-        if len(code.coefficients) != expected:
-            raise ValueError(
-                f"latent code holds {len(code.coefficients)} bytes of coefficients; "
-                f"{code.count} latents of {space.latent_shape} in {dtype} need {expected}"
-            )
         values = np.frombuffer(code.coefficients, dtype=item).reshape(code.count, *space.latent_shape)
         settings = Settings(code.settings.solver, int(code.settings.steps), code.settings.schedule)
         return cls(values.astype(np.float32), code.fingerprint, space, settings, dtype)
@@ -190,13 +185,103 @@ class Latents:
             f.write(self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Latents:
-        """Read a `*.latent` file (see `from_bytes`; OSError when unreadable)."""
-        with open(path, "rb") as f:
-            return cls.from_bytes(f.read())
+    def load(cls, path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> Latents:
+        """Read a `*.latent` file (see `from_bytes`).
+
+        Args:
+            path: the file.
+            max_bytes: a larger file is refused before it is read (default MAX_FILE_BYTES, 1 GiB).
+
+        Raises:
+            ValueError: a file larger than `max_bytes`, or not a latent code `from_bytes` reads.
+            OSError: the file cannot be read.
+        """
+        return cls.from_bytes(read_code(path, max_bytes))
 
     def __repr__(self) -> str:
         fp = self.fingerprint[:12] + ("…" if len(self.fingerprint) > 12 else "")
         return (
             f"Latents({len(self)} × {self.space.latent_shape}, model {fp!r}, {self.space!r}, {self.settings})"
         )
+
+
+def read_code(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a `*.latent` file, refused when there are more than `max_bytes`.
+
+    A regular file is refused by its size before it is read; anything else (a pipe) is read up to
+    `max_bytes` + 1 bytes.
+
+    Raises:
+        ValueError: more than `max_bytes` bytes.
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:
+        raise ValueError(
+            f"{os.fspath(path)} is {max(size, len(data))}{'+' * (size <= max_bytes)} bytes: more than a "
+            f"latent file may hold ({max_bytes} bytes; Latents.load takes max_bytes)"
+        )
+    return data
+
+
+def _check_header(code: latent_pb2.LatentCode) -> tuple[str, list[int], Any]:
+    """(dtype, [C, H, W], groups) of a code whose header is consistent with its bytes and in bounds.
+
+    Only what the code itself holds is read (its bytes bound every loop here), nothing is allocated
+    from a size the code merely claims.
+
+    Raises:
+        ValueError: naming the first problem.
+    """
+    names = {v: k for k, v in DTYPES.items()}
+    if code.dtype not in names:
+        raise ValueError(f"latent code has an unknown dtype ({code.dtype})")
+    dtype = names[code.dtype]
+    if len(code.image_shape) != 3:
+        raise ValueError(f"latent code image shape must be [C, H, W], got {list(code.image_shape)}")
+    c, h, w = shape = [int(s) for s in code.image_shape]
+    if not 1 <= c <= MAX_CHANNELS or not 1 <= h <= MAX_SIDE or not 1 <= w <= MAX_SIDE:
+        raise ValueError(
+            f"latent code image shape {shape} is out of bounds: C must be in 1..{MAX_CHANNELS}, "
+            f"H and W in 1..{MAX_SIDE}"
+        )
+    if c * h * w > MAX_VALUES:
+        raise ValueError(f"latent code image shape {shape} has {c * h * w} values: more than {MAX_VALUES}")
+    if code.basis not in BASES:
+        raise ValueError(
+            f"latent code has an unknown basis {code.basis!r}: expected one of {', '.join(BASES)}"
+        )
+    if code.count < 1:
+        raise ValueError("latent code holds no latents (count 0)")
+    itemsize = 4 if dtype == "float32" else 2
+    expected = code.count * c * h * w * itemsize  # Python ints: no overflow
+    if len(code.coefficients) != expected:
+        raise ValueError(
+            f"latent code holds {len(code.coefficients)} bytes of coefficients; "
+            f"{code.count} latents of {(c, h * w)} in {dtype} need {expected}"
+        )
+    size = h * w
+    groups: Any
+    if code.group_of:
+        if len(code.group_of) != size:
+            raise ValueError(f"latent code names groups for {len(code.group_of)} coefficients, not H·W")
+        group_of = np.asarray(code.group_of, dtype=np.int64)
+        if int(group_of.min()) < 0 or int(group_of.max()) >= size:
+            raise ValueError(
+                f"latent code group numbers must be in 0..{size - 1} (one group per coefficient)"
+            )
+        sizes = np.bincount(group_of)  # at most H·W entries: bounded by the code's own bytes
+        if not sizes.all():
+            raise ValueError(f"latent code group {int(np.argmin(sizes)) + 1} is empty")
+        order = np.argsort(group_of, kind="stable")
+        groups = [part.tolist() for part in np.split(order, np.cumsum(sizes)[:-1])]
+    else:
+        groups = [int(b) for b in code.group_boundaries]
+        edges = [0, *groups, size]
+        if any(a >= b for a, b in zip(edges, edges[1:])):
+            raise ValueError(
+                f"latent code group boundaries must increase strictly inside (0, {size}), got {groups}"
+            )
+    return dtype, shape, groups

@@ -139,3 +139,85 @@ def test_settings_validation() -> None:
         Settings("heun", 20, "0.1,0.2").check(4)
     with pytest.raises(ValueError, match="increase strictly"):
         Settings("heun", 20, "0.3,0.2,0.1").check(4)
+
+
+def crafted(image_shape: list[int], count: int = 1, coefficients: bytes = b"", **fields: object) -> bytes:
+    """A hostile latent code: a header that claims a layout, and only the bytes given."""
+    code = latent_pb2.LatentCode(format_version=FORMAT_VERSION, fingerprint="x", image_shape=image_shape,
+                                 basis="dct", dtype=latent_pb2.DTYPE_FLOAT32, count=count,
+                                 coefficients=coefficients)  # fmt: skip
+    for name, value in fields.items():
+        getattr(code, name).extend(value) if isinstance(value, list) else setattr(code, name, value)
+    return code.SerializeToString()
+
+
+def parse_under_budget(data: bytes, seconds: float = 1.0, peak_bytes: int = 16 * 2**20) -> str:
+    """Parse `data`; it must be refused (ValueError) in under `seconds`, allocating under `peak_bytes`."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ValueError) as refused:
+            Latents.from_bytes(data)
+    finally:
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert elapsed < seconds, f"refused after {elapsed:.2f} s"
+    assert peak < peak_bytes, f"peak allocation {peak / 2**20:.0f} MiB while refusing"
+    return str(refused.value)
+
+
+def test_a_tiny_code_claiming_a_huge_image_fails_fast_without_allocating() -> None:
+    # Issue 13: 21 bytes claiming 16384×16384 built 4.2 GB of DCT matrices before the byte count check.
+    data = crafted([1, 16384, 16384])
+    assert len(data) < 32
+    assert "out of bounds" in parse_under_budget(data)
+    # In bounds but without its coefficients: the byte count is checked before the space is built.
+    assert "bytes of coefficients" in parse_under_budget(crafted([1, 8192, 8192]))
+    assert "bytes of coefficients" in parse_under_budget(crafted([3, 4096, 4096], count=2**32 - 1))
+    assert "no latents" in parse_under_budget(crafted([1, 8192, 8192], count=0))
+    assert "more than" in parse_under_budget(crafted([64, 8192, 8192]))
+    assert "out of bounds" in parse_under_budget(crafted([65, 8, 8]))
+    assert "out of bounds" in parse_under_budget(crafted([0, 8, 8]))
+    assert "unknown basis" in parse_under_budget(crafted([1, 8192, 8192], basis="fft"))
+    # Group layouts are checked against the code's own bytes, before any loop over what they claim.
+    four = b"\0" * (4 * 64)
+    huge = [2**32 - 1] * 64  # 2³² groups claimed: the old code looped over every one
+    assert "group numbers" in parse_under_budget(crafted([1, 8, 8], coefficients=four, group_of=huge))
+    assert "group numbers" in parse_under_budget(crafted([1, 8, 8], coefficients=four, group_of=[64] * 64))
+    assert "is empty" in parse_under_budget(crafted([1, 8, 8], coefficients=four, group_of=[0] * 63 + [2]))
+    assert "boundaries" in parse_under_budget(crafted([1, 8, 8], coefficients=four, group_boundaries=[70]))
+    # The same checks pass good codes, index-set groups included.
+    quadrants = grouplat.LatentSpace((1, 8, 8), "pixel", grouplat.quadrant_groups(8, 8))
+    z = latents(2, quadrants)
+    assert Latents.from_bytes(z.to_bytes()).space == quadrants
+
+
+def test_load_refuses_a_file_too_large_before_reading_it(tmp_path: Path) -> None:
+    from grouplat.client.latents import MAX_FILE_BYTES, read_code
+
+    data = latents(1).to_bytes()
+    path = tmp_path / "big.latent"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=f"{len(data)} bytes: more than a latent file may hold"):
+        Latents.load(path, max_bytes=len(data) - 1)
+    assert Latents.load(path, max_bytes=len(data)).to_bytes() == data
+    sparse = tmp_path / "sparse.latent"  # 8 GiB on paper, nothing on disk
+    with open(sparse, "wb") as f:
+        f.truncate(8 * 2**30)
+    assert MAX_FILE_BYTES < 8 * 2**30
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="more than a latent file may hold"):
+            Latents.load(sparse)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    with pytest.raises(ValueError, match="more than a latent file may hold"):
+        read_code("/dev/zero", max_bytes=1000)  # no size to check: read up to the limit, then refused
