@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from grouplat.schedule import Schedule
+from grouplat.settings import default_generate_schedule
 from grouplat.solvers import Velocity, chunked
 from grouplat.tools.evaluation import measure, metrics
 from grouplat.tools.evaluation.measure import FULL, QUICK, Budget, Model
@@ -113,7 +114,7 @@ def load_model(path: str, name: str, engine: Engine, schedule: str | None = None
     generate = (
         Schedule.parse(schedule, ckpt.space.k)
         if schedule
-        else measure.default_generate(ckpt.space, ckpt.schedule)
+        else default_generate_schedule(ckpt.space.k, ckpt.schedule)
     )
     return Model(
         name, str(ckpt.path), ckpt.fingerprint, ckpt.space, ckpt.schedule, generate, chunked(velocity, CHUNK),
@@ -185,7 +186,7 @@ def evaluate(
         clock("round trip")
         report["one_way"][m.name] = measure.one_way(m, budget, seed)
         clock("one-way decode")
-        latents = m.encode(images, budget.encode_nfe)
+        latents = m.encode(images, budget.encode_nfe, budget.solver)
         clock(f"encode {len(images)} held-out images")
         report["leakage"][m.name] = measure.leakage(m, latents[: budget.images], probe, budget, seed)
         clock("leakage")
@@ -230,7 +231,7 @@ def table_one(
     result: dict = {
         "samples": n,
         "nfe": budget.sample_nfe,
-        "solver": "heun",
+        "solver": budget.solver,
         "classifier_accuracy": classifier.accuracy(data.images(test), data.factors(test)[:, 0]),
         "real": floor,
         "rows": [],
@@ -244,7 +245,7 @@ def table_one(
         latents = np.random.default_rng(seed).standard_normal((n, *m.space.latent_shape)).astype(np.float32)
         schedules = [m.train] if scalar else measure.generation_schedules(m.space.k, m.train)
         for generate in schedules:
-            samples = m.decode(latents, budget.sample_nfe, "heun", generate)
+            samples = m.decode(latents, budget.sample_nfe, budget.solver, generate)
             quality = measure.sample_quality(samples, real, scale, classifier)
             row = {"model": m.name, "train": m.train.text, "generate": generate.text, **quality}
             result["rows"].append(row)

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from grouplat import ops
-from grouplat.schedule import PAPER_GENERATE, Schedule
+from grouplat.schedule import Schedule
+from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS
 from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
 from grouplat.space import LatentSpace
 from grouplat.tools.evaluation import metrics
+
+DEFAULT_NFE = DEFAULT_STEPS * NFE_PER_STEP[DEFAULT_SOLVER]
 
 
 @dataclass(frozen=True)
@@ -28,17 +31,18 @@ class Budget:
     nfe: tuple[int, ...] = (10, 20, 30, 60)  # round-trip and one-way NFE
     reference: int = 4  # one-way reference: GEI-2m at this × the largest NFE
     latents: int = 1000  # held-out images encoded for statistics and disentanglement
-    encode_nfe: int = 20  # Heun, for those latents
-    decode_nfe: int = 30  # Heun, for leakage and Fig. 5
-    samples: int = 128  # generated images per Table-1 cell
-    sample_nfe: int = 40  # Heun, Table 1
+    solver: str = DEFAULT_SOLVER  # the served default: latents, leakage, Fig. 5 and Table 1 use it
+    encode_nfe: int = DEFAULT_NFE  # for those latents
+    decode_nfe: int = DEFAULT_NFE  # for leakage and Fig. 5
+    samples: int = 512  # generated images per Table-1 cell
+    sample_nfe: int = DEFAULT_NFE  # Table 1
     classifier: int = 4000  # real images to train the shape classifier on
     classifier_iter: int = 300
 
 
 FULL = Budget()
 QUICK = Budget(
-    images=2, nfe=(6, 12), reference=2, latents=60, encode_nfe=6, decode_nfe=6, samples=12, sample_nfe=8,
+    images=2, nfe=(6, 12), reference=2, latents=60, encode_nfe=8, decode_nfe=8, samples=12, sample_nfe=8,
     classifier=200, classifier_iter=30,
 )  # fmt: skip
 
@@ -67,15 +71,15 @@ class Model:
             solver=solver, std=self.std, mean=self.mean, hide=self.hide,
         )  # fmt: skip
 
-    def encode(self, images: np.ndarray, nfe: int, solver: str = "heun") -> np.ndarray:
+    def encode(self, images: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER) -> np.ndarray:
         return encode(images=images, **self._solve(solver, nfe, None))
 
     def decode(
-        self, latents: np.ndarray, nfe: int, solver: str = "heun", schedule: Schedule | None = None
+        self, latents: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER, schedule: Schedule | None = None
     ) -> np.ndarray:
         return decode(latents=latents, **self._solve(solver, nfe, schedule))
 
-    def decode_coefficients(self, latents: np.ndarray, nfe: int, solver: str = "heun") -> np.ndarray:
+    def decode_coefficients(self, latents: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER) -> np.ndarray:
         """The decoded image's basis coefficients [B, C, H·W], as the solver ends (no round-off from
         the basis transforms)."""
         states: list[np.ndarray] = []
@@ -95,11 +99,6 @@ class Model:
             "generate_schedule": self.generate.describe(),
             "hide": self.hide,
         }
-
-
-def default_generate(space: LatentSpace, train: Schedule) -> Schedule:
-    """The paper's generation schedule for its four groups, else the training schedule (as export)."""
-    return Schedule.from_cuts(PAPER_GENERATE) if space.k == 4 else train
 
 
 def generation_schedules(k: int, train: Schedule) -> list[Schedule]:
@@ -143,12 +142,15 @@ def leakage(model: Model, latents: np.ndarray, probe: LatentSpace, budget: Budge
     from the finer groups), so with hidden groups the coarser groups' change is exactly 0."""
     rng = np.random.default_rng(seed)
     latents = np.ascontiguousarray(latents)  # as the perturbed copies: BLAS rounding follows memory layout
-    original = model.decode_coefficients(latents, budget.decode_nfe).astype(np.float64)
+    original = model.decode_coefficients(latents, budget.decode_nfe, budget.solver).astype(np.float64)
     result: dict = {}
     for j in range(2, probe.k + 1):  # one solve each: the same batch positions, so no batch effects
         noise = rng.standard_normal(latents.shape).astype(np.float32)
         perturbed = np.where(probe.coefficient_mask([j]), noise, latents)
-        change = model.decode_coefficients(perturbed, budget.decode_nfe).astype(np.float64) - original
+        change = (
+            model.decode_coefficients(perturbed, budget.decode_nfe, budget.solver).astype(np.float64)
+            - original
+        )
 
         def rms(g: int, change: np.ndarray = change) -> float:
             return float(np.sqrt(np.mean(change[..., probe.indices(g)] ** 2)))
@@ -201,7 +203,7 @@ def keep_first(
 ) -> dict:
     """Fig. 5: PSNR of decoding the first m latent coefficients per channel (the rest zero)."""
     batch = np.concatenate([ops.keep_first(model.space, latents, m) for m in keep])
-    decoded = np.split(model.decode(batch, budget.decode_nfe), len(keep))
+    decoded = np.split(model.decode(batch, budget.decode_nfe, budget.solver), len(keep))
     return {str(m): metrics.psnr(d, images) for m, d in zip(keep, decoded)}
 
 

@@ -66,7 +66,7 @@ def markdown(report: dict) -> str:
     out += [
         "## Group leakage",
         f"Resample group Sj of {budget['images']} held-out latents, "
-        f"decode (Heun, {budget['decode_nfe']} NFE): "
+        f"decode ({budget['solver']}, {budget['decode_nfe']} NFE): "
         "RMS change of each coarser group Si's coefficients ÷ RMS change of Sj's. The baseline is probed "
         "on the same coefficient index sets. docs/design.md §1: coarser groups should not move.",
         _table(["perturbed", "coarser group", *names], rows),
@@ -80,7 +80,8 @@ def markdown(report: dict) -> str:
     null = stats[names[0]]["s1_null_max_abs_corr"]
     out += [
         "## Latent statistics",
-        f"{stats[names[0]]['count']} held-out images encoded (Heun, {budget['encode_nfe']} NFE). Per group: "
+        f"{stats[names[0]]['count']} held-out images encoded ({budget['solver']}, "
+        f"{budget['encode_nfe']} NFE). Per group: "
         f"mean |mean| of its elements; std mean (min–max). Remark 2.1 expects N(0, I). The largest |corr| "
         f"among the {report['s1_numbers']} S1 numbers of N(0, I) samples of the same size is {null:.3g} "
         "(the sampling-noise floor).",
@@ -116,7 +117,8 @@ def markdown(report: dict) -> str:
     ]
     out += [
         "## Reconstruction from the first m coefficients (Fig. 5), PSNR (dB)",
-        f"Latent: keep the first m per channel, the rest 0, decode (Heun, {budget['decode_nfe']} NFE); "
+        f"Latent: keep the first m per channel, the rest 0, decode ({budget['solver']}, "
+        f"{budget['decode_nfe']} NFE); "
         "`dct`: plain truncation of the image's coefficients (the rest at the data mean). "
         "m = all is the round trip at these settings.",
         _table(["m per channel", *columns], rows),
