@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib import resources
 from pathlib import Path
 
 import grouplat
@@ -22,7 +23,9 @@ from grouplat.schedule import Schedule
 from grouplat.serving import contract as c
 from grouplat.serving.configs import ENGINES, ServingOptions, orchestrator_config, velocity_config
 
-SERVING = Path(c.__file__).resolve().parent  # the serving package: its model.py adapters
+# The model.py adapters export copies: package data of grouplat.serving (their folders are no
+# packages), found through importlib.resources in a checkout and in an installed wheel alike.
+SERVING = resources.files("grouplat.serving")
 DEFAULT_OPTIONS = ServingOptions()
 __all__ = ["ENGINES", "ServingOptions", "write_repository"]
 
@@ -75,7 +78,7 @@ def write_repository(
     target = root / c.VELOCITY / str(version)
     (target / "model.onnx").write_bytes(onnx_model)
     if options.engine == "python":
-        shutil.copy(SERVING / "velocity" / "model.py", target / "model.py")
+        (target / "model.py").write_bytes(adapter("velocity"))
     if plan is not None:
         (target / "model.plan").write_bytes(plan)
     call = {
@@ -86,8 +89,13 @@ def write_repository(
     for operation in c.ORCHESTRATORS:
         config = orchestrator_config(info, options, operation, {**params, **call})
         write_model(root, operation, config, version, info)
-        shutil.copy(SERVING / "orchestrator" / "model.py", root / operation / str(version) / "model.py")
+        (root / operation / str(version) / "model.py").write_bytes(adapter("orchestrator"))
     return version
+
+
+def adapter(kind: str) -> bytes:
+    """The `velocity` or `orchestrator` model.py adapter's source."""
+    return (SERVING / kind / "model.py").read_bytes()
 
 
 def existing_versions(root: Path) -> dict[int, str]:

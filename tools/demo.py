@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import numpy as np
 
 import grouplat
 
-MODELS = Path(__file__).resolve().parents[1] / "models"  # the shipped checkpoints
+# The shipped checkpoints: package data (grouplat/models -> ../models in a checkout), so they are
+# found the same way in a checkout and in an installed wheel.
+MODELS = resources.files("grouplat") / "models"
 SCALE = 4  # figure pixels per image pixel: 32×32 images are small
 
 
