@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -50,3 +51,23 @@ def test_the_container_restricts_triton_admin_apis_with_a_key():
     for link in links:
         target = (ROOT / "grouplat" / link).resolve().name
         assert f"COPY {target}/ {target}/" in text, f"the image lacks {target}/ (grouplat/{link})"
+
+
+def test_the_healthcheck_asks_triton_whether_it_is_ready(oracle_server):
+    """HEALTHCHECK runs Triton's readiness probe on the exposed HTTP port: run here against a live
+    embedded server it passes, against a port where nothing listens it fails."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found = re.search(r"^HEALTHCHECK (.*?) CMD (\[.*\])$", text, re.M)
+    assert found and "--start-period=" in found.group(1)
+    probe = json.loads(found.group(2))
+    assert probe[:2] == ["python3", "-c"] and "http://127.0.0.1:8000/v2/health/ready" in probe[2]
+    assert "8000" in re.search(r"^EXPOSE (.*)$", text, re.M).group(1).split()
+
+    def health(address: str) -> int:
+        code = probe[2].replace("127.0.0.1:8000", address)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode
+
+    assert health(oracle_server.http_url) == 0
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connection refused
+        assert health(f"127.0.0.1:{closed.getsockname()[1]}") != 0
