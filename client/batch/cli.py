@@ -6,8 +6,9 @@
 
 SRC: a folder, a glob pattern (quoted), an EDM-style .zip, a .parquet/.csv list of paths (column
 `path`, optional `id`), or for decode the output of batch encode. Re-run the same command to resume
-a stopped job. Exit status: 0 done (item errors are listed, not fatal), 1 server trouble (re-run to
-resume), 2 bad input or arguments.
+a stopped job. A job writes only inside --out, follows no symbolic link there, and replaces no file
+it did not write (an error naming it) unless given --overwrite. Exit status: 0 done (item errors are
+listed, not fatal), 1 server trouble (re-run to resume), 2 bad input or arguments.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def _add(subparsers: Any, op: str) -> argparse.ArgumentParser:
     job.add_argument("--engine", choices=["local", "ray"], default="local", help="local threads or Ray Data")
     job.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     job.add_argument("--no-progress", action="store_true", help="no progress bar")
+    job.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files already in --out that this job did not write (images; the .zip); without it "
+        "such a file is an error naming it. A re-run of the same job rewrites its own files either way",
+    )
     ode = parser.add_argument_group("generation (default: the model's; decode: each latent's own)")
     ode.add_argument("--steps", type=int, default=None, help="total ODE steps")
     ode.add_argument("--solver", default=None, help="euler | heun | gei1 | gei2m")
@@ -118,6 +125,7 @@ def handle(args: argparse.Namespace) -> int:
             engine=args.engine,
             ray_address=args.ray_address,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
     except (JobError, ValueError, FileNotFoundError) as error:
         print(f"grouplat batch {args.op}: error: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ The entry point is `run` (the `grouplat batch` commands call it); the job's part
 - `sources`: the five kinds of SRC (folder, glob, zip, list, latents), scanned and read;
 - `task`: the task, the prepared job, the plan's rows, the names in a job folder;
 - `store`: the job folder (plan, shards, manifest, errors, lock), written atomically (`open_job`);
+- `files`: every file written under the job's root only, following no link, replacing none of others;
 - `worker`: items in, records out, with its own client; `local`: the threaded engine
   (`ray_engine`: the same shards on Ray Data); `archive`: the .zip of images at the end.
 
@@ -13,6 +14,9 @@ trouble that outlasts the client's retries (`timeout`) stops the job, and a re-r
 For `encode` the job folder is `--out` itself, a Parquet data set (pyarrow skips the files whose
 names start with "_" or "."). Decode and mix write images to `--out`, a folder (the job folder is
 then `OUT/_batch`) or a `.zip` (assembled when the job completes; the job folder is `OUT.zip.batch`).
+
+A job writes only inside `--out` (and, for a .zip, its job folder beside it), follows no symbolic
+link there, and never replaces a file it did not write unless run with `overwrite` (`files`, `store`).
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ def run(
     engine: str = "local",
     ray_address: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Summary:
     """Run (or resume) a batch job.
 
@@ -127,12 +132,16 @@ def run(
         timeout: seconds per request, retries included.
         engine: `local` (threads) or `ray` (Ray Data; `ray_address` names a cluster).
         progress: show a progress bar (tqdm).
+        overwrite: replace images (or the .zip) already in `out` that this job did not write; without
+            it such a file is an error naming it (a re-run of the job rewrites its own files).
 
     Returns:
         The `Summary` of this run; the errors file lists the items that failed.
 
     Raises:
-        JobError: `out` holds another job, or another run holds it.
+        JobError: `out` holds another job, or another run holds it; a symbolic link in `out` where
+            the job would write (it writes only inside `out` and follows no link there); a file
+            in `out` where the job would write one, that it did not write (without `overwrite`).
         ValueError: bad arguments, task, source or settings.
         FileNotFoundError: no such source or reference.
         ClientError: server trouble that outlasted the retries (re-run to resume).
@@ -152,7 +161,7 @@ def run(
     start = time.monotonic()
     with (
         Client(endpoints, timeout=timeout) as client,
-        open_job(task, source, out, client, shard_size) as state,
+        open_job(task, source, out, client, shard_size, overwrite=overwrite) as state,
     ):
         job = state.job
         batch = batch_size or max_batch(client, task.op)
@@ -169,9 +178,12 @@ def run(
         try:
             if engine == "local":
                 run_local(job, state.plan, pending, endpoints, concurrency=concurrency, batch_size=batch,
-                          timeout=timeout, on_shard=state.completed, on_items=on_items)  # fmt: skip
+                          timeout=timeout, on_shard=state.completed, on_items=on_items,
+                          on_start=lambda shard: state.start([shard]))  # fmt: skip
             else:
                 from grouplat.client.batch.ray_engine import run_on_ray
+
+                state.start(pending)  # Ray runs the shards in any order
 
                 run_on_ray(job, state.plan, pending, endpoints, concurrency=concurrency, batch_size=batch,
                            timeout=timeout, address=ray_address, on_shard=state.completed,

@@ -29,6 +29,7 @@ def run_local(
     timeout: float = DEFAULT_TIMEOUT,
     on_shard: Callback,
     on_items: Callable[[int], None] = lambda n: None,
+    on_start: Callable[[int], None] = lambda shard: None,
 ) -> None:
     """Process `shards`: up to 2 × `concurrency` batches in flight, each shard written when complete.
 
@@ -43,6 +44,7 @@ def run_local(
         timeout: seconds per request, retries included.
         on_shard: called with (shard, counts) once a shard's file is written.
         on_items: called with the number of items of each finished batch.
+        on_start: called with each shard before its first batch is sent.
 
     Raises:
         ClientError: server trouble that outlasted the retries (the shards written so far stay).
@@ -76,6 +78,7 @@ def run_local(
     try:
         for shard in shards:
             rows = plan_rows(plan, job, shard)
+            on_start(shard)
             starts = range(0, len(rows), batch_size)
             for n, start in enumerate(starts):
                 future = pool.submit(work, rows[start : start + batch_size])

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from grouplat.client.errors import ModelMismatchError
 from grouplat.client.images import load_image
-from grouplat.client.latents import DTYPES, Latents
+from grouplat.client.latents import DTYPES, Latents, read_code
 
 if TYPE_CHECKING:
     from grouplat.client.batch.sources import Source  # which imports the folder names from here
@@ -95,6 +95,8 @@ class Job:
     shard_size: int
     items: int
     reference: bytes | None = None  # mix: the reference's latent code
+    overwrite: bool = False  # replace files (images, the .zip) that this job did not write
+    resumed: frozenset[int] = frozenset()  # shards whose images an earlier run may have written
 
     @property
     def shards(self) -> int:
@@ -103,6 +105,15 @@ class Job:
     @property
     def zipped(self) -> bool:
         return self.images is not None and self.images.lower().endswith(".zip")
+
+    @property
+    def root(self) -> Path:
+        """The folder this job writes in (see `job_root`)."""
+        return job_root(Path(self.directory), Path(self.images) if self.images else None)
+
+    def inside(self, name: str) -> str:
+        """The path of a file of the job folder (e.g. MANIFEST, TMP), relative to `root`."""
+        return os.path.relpath(Path(self.directory) / name, self.root)
 
     def schema(self) -> pa.Schema:
         """The columns of the job's shards."""
@@ -121,15 +132,27 @@ def plan_rows(plan: pa.Table, job: Job, shard: int) -> list[PlanRow]:
 
 
 def layout(op: str, out: str | os.PathLike[str]) -> tuple[Path, Path | None]:
-    """(job folder, images) for `--out`: encode writes the data set there; decode/mix images."""
-    path = Path(out).resolve()
-    if op == "encode":
-        if path.suffix.lower() == ".zip":
-            raise ValueError("batch encode writes a Parquet data set: --out must be a folder, not a .zip")
-        return path, None
+    """(job folder, images) for `--out`: encode writes the data set there; decode/mix images.
+
+    A folder given as `--out` is resolved (a link to a folder is the user's choice); a .zip is the
+    file the job writes, so only its folder is resolved: a link there is not followed.
+    """
+    path = Path(out)
     if path.suffix.lower() == ".zip":
+        if op == "encode":
+            raise ValueError("batch encode writes a Parquet data set: --out must be a folder, not a .zip")
+        path = Path(os.path.abspath(path)).parent.resolve() / path.name
         return path.with_name(path.name + ".batch"), path
-    return path / "_batch", path
+    path = path.resolve()
+    return (path, None) if op == "encode" else (path / "_batch", path)
+
+
+def job_root(directory: Path, images: Path | None) -> Path:
+    """The folder a job writes in, following no link below it (`grouplat.client.batch.files`):
+    `--out` (encode: the job folder; decode, mix: the image folder), or the folder of `--out`'s .zip."""
+    if images is None:
+        return directory
+    return images.parent if images.suffix.lower() == ".zip" else images
 
 
 def default_shard_size(shape: Sequence[int]) -> int:
@@ -142,12 +165,14 @@ def reference_code(task: Task, client: Client, settings: dict[str, Any]) -> tupl
 
     Raises:
         FileNotFoundError: no such reference file.
+        ValueError: a `.latent` reference that is no latent code (or too large).
         ModelMismatchError: a `.latent` reference of another model than the served one.
     """
     assert task.reference is not None
     info = client.info()
-    data = Path(task.reference).read_bytes()
-    if task.reference.endswith(".latent"):
+    is_code = task.reference.endswith(".latent")
+    data = read_code(task.reference) if is_code else Path(task.reference).read_bytes()
+    if is_code:
         ref = Latents.from_bytes(data)
         if ref.fingerprint != info.fingerprint:
             raise ModelMismatchError(f"the reference {task.reference} is a latent of another model")

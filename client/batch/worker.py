@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from grouplat.client.batch.files import open_file, write_file
 from grouplat.client.batch.sources import ItemReader
-from grouplat.client.batch.store import atomic_write
 from grouplat.client.batch.task import ERROR, OK, TMP, Job, JobError, PlanRow
 from grouplat.client.client import Client
 from grouplat.client.images import to_pil
@@ -74,7 +75,10 @@ class Worker:
                     results.append(None)
         for k, result in zip(keys, results):
             if result is not None:
-                records[k].update(self._result(rows[k], result))
+                try:
+                    records[k].update(self._result(rows[k], result))
+                except FileExistsError as e:  # its image appeared in --out while the job ran
+                    records[k].update(status=ERROR, error=str(e))
         columns = self.job.schema().names
         return [{name: record.get(name) for name in columns} for record in records]  # every column
 
@@ -105,11 +109,27 @@ class Worker:
         buffer = io.BytesIO()
         to_pil(result[None])[0].save(buffer, format="PNG")
         assert row.name is not None and job.images is not None
+        png = buffer.getvalue()
         if job.zipped:
-            return {"image": row.name, "png": buffer.getvalue()}
-        tmp = Path(job.directory) / TMP
-        atomic_write(Path(job.images) / row.name, lambda p: p.write_bytes(buffer.getvalue()), tmp)
+            return {"image": row.name, "png": png}
+        replace = job.overwrite or (row.index // job.shard_size) in job.resumed  # else: new files only
+        try:
+            write_file(job.root, row.name, lambda f: f.write(png), job.inside(TMP), replace=replace)
+        except FileExistsError:
+            if not self._holds(row.name, png):  # the same bytes: this job wrote it (a retried shard)
+                raise FileExistsError(
+                    f"{Path(job.images) / row.name} exists and this batch job did not write it "
+                    "(pass --overwrite to replace it)"
+                ) from None
         return {"image": row.name}
+
+    def _holds(self, name: str, data: bytes) -> bool:
+        """Whether the file `name` in the image folder holds exactly `data`."""
+        try:
+            with open_file(self.job.root, name) as f:
+                return os.fstat(f.fileno()).st_size == len(data) and f.read() == data
+        except (OSError, JobError):
+            return False
 
 
 def _message(error: BaseException) -> str:
