@@ -2,10 +2,21 @@
 
 An engine is a velocity callable `f(x_t [B, C, H, W], levels [B, k]) → [B, C, H, W]` (float32):
 ONNX Runtime in-process, or the `velocity` model through Triton (BLS).
+
+Also the per-request error and log plumbing both kinds of model share: every error response
+names its request (`[request <id>]`, Triton's request id, which grouplat.client always sends) and
+is logged once with it; `bridge_logging` sends Python logging to the Triton server log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import re
+import sys
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from grouplat.serving.contract import LEVELS, VELOCITY, X_T, U
+
+logger = logging.getLogger(__name__)
 
 
 class OnnxVelocity:
@@ -89,6 +102,8 @@ def check_velocity_inputs(x_t: np.ndarray, levels: np.ndarray) -> str | None:
 def answer_velocity(pb_utils: Any, requests: Sequence[Any], engine: Callable[..., np.ndarray]) -> list[Any]:
     """The python-backend velocity model: every good request of one `execute` in one engine call;
     a bad one gets INVALID_ARG alone, a non-finite output is an error, never OK."""
+    bridge_logging(pb_utils)
+    ids = [request_id(request) for request in requests]
     responses: list[Any] = [None] * len(requests)
     good: list[tuple[int, np.ndarray, np.ndarray]] = []
     for i, request in enumerate(requests):
@@ -102,34 +117,128 @@ def answer_velocity(pb_utils: Any, requests: Sequence[Any], engine: Callable[...
         except Exception as error:  # one malformed request never fails the others
             problem = f"unreadable request ({type(error).__name__})"
         if problem is not None:
-            responses[i] = error_response(pb_utils, problem, pb_utils.TritonError.INVALID_ARG)
+            responses[i] = fail(pb_utils, VELOCITY, ids[i], problem, "INVALID_ARG")
         else:
             good.append((i, x, a))
     if not good:
         return responses
+    started = time.perf_counter()
     try:
         u = engine(np.concatenate([x for _, x, _ in good]), np.concatenate([a for _, _, a in good]))
     except Exception as error:
         for i, _, _ in good:
-            responses[i] = error_response(
-                pb_utils, f"velocity failed: {error}", pb_utils.TritonError.INTERNAL
-            )
+            responses[i] = fail(pb_utils, VELOCITY, ids[i], f"velocity failed: {error}", "INTERNAL")
         return responses
+    seconds = time.perf_counter() - started
     parts = np.split(u, np.cumsum([len(x) for _, x, _ in good])[:-1])
     for (i, _, _), part in zip(good, parts):
         if np.isfinite(part).all():
             responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(U, part)])
+            succeeded(VELOCITY, ids[i], "%d rows in a batch of %d, %.3f s", len(part), len(u), seconds)
         else:
             message = "the engine produced non-finite values for these inputs"
-            responses[i] = error_response(pb_utils, message, pb_utils.TritonError.INTERNAL)
+            responses[i] = fail(pb_utils, VELOCITY, ids[i], message, "INTERNAL")
     return responses
 
 
 MESSAGE_LIMIT = 300  # characters: error messages travel in gRPC metadata, which is bounded
+REQUEST_ID_LIMIT = 64  # characters of a caller's request id shown in messages and logs
+UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.:/@+=#-]")  # shown as "?": no spaces, quotes or newlines in logs
 
 
-def error_response(pb_utils: Any, message: str, code: Any) -> Any:
-    """An error response; the message cut to MESSAGE_LIMIT characters."""
-    if len(message) > MESSAGE_LIMIT:
-        message = message[: MESSAGE_LIMIT - 1] + "…"
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+def request_id(request: Any) -> str:
+    """The id of one request as messages and logs show it.
+
+    Triton's request id (the gRPC `ModelInferRequest.id`; grouplat.client always sends one), with
+    characters outside `[A-Za-z0-9_.:/@+=#-]` shown as `?` and cut to REQUEST_ID_LIMIT characters;
+    a request without one gets `srv-` and 12 random hex digits, so its error and log line still match.
+    """
+    try:
+        raw = str(request.request_id() or "")
+    except Exception:  # noqa: BLE001 - an id is never worth failing a request over
+        raw = ""
+    if not raw:
+        return f"srv-{uuid.uuid4().hex[:12]}"
+    shown = UNSAFE_ID.sub("?", raw)
+    return shown if len(shown) <= REQUEST_ID_LIMIT else shown[: REQUEST_ID_LIMIT - 1] + "…"
+
+
+def error_response(pb_utils: Any, message: str, code: Any, request: str | None = None) -> Any:
+    """An error response; the message ends with `[request <id>]` when `request` (an id) is given,
+    and is cut to MESSAGE_LIMIT characters, the id included (the id is never cut off)."""
+    tail = f" [request {request}]" if request else ""
+    error = pb_utils.TritonError(_cut(message, MESSAGE_LIMIT - len(tail)) + tail, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def fail(pb_utils: Any, model: str, request: str, message: str, code: str) -> Any:
+    """The error response of one request, logged once with its id: WARNING when the caller's
+    request was refused or cancelled, ERROR for a server-side failure (`code` INTERNAL).
+
+    `code` names a `pb_utils.TritonError` code (INVALID_ARG, INTERNAL, CANCELLED, …); one this
+    stub lacks is answered as UNAVAILABLE (Triton before 23.11 has no CANCELLED).
+    """
+    errors = pb_utils.TritonError
+    level = logging.ERROR if code == "INTERNAL" else logging.WARNING
+    logger.log(level, "[request %s] %s failed (%s): %s", request, model, code, _cut(message, MESSAGE_LIMIT))
+    return error_response(pb_utils, message, getattr(errors, code, errors.UNAVAILABLE), request)
+
+
+def succeeded(model: str, request: str, what: str, *args: object) -> None:
+    """One DEBUG line per successful request (nothing at INFO: no per-request noise); `what` is
+    a %-format of `args`, formatted only when DEBUG is on."""
+    logger.debug(f"[request %s] %s ok: {what}", request, model, *args)
+
+
+def _cut(message: str, limit: int) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+# -- Python logging into the Triton server log --------------------------------------------------
+LOG_LEVEL_ENV = "GROUPLAT_LOG_LEVEL"  # the level of grouplat's loggers in the models (default INFO)
+_bridged = False
+
+
+class TritonLogHandler(logging.Handler):
+    """Python log records through the Python backend's `pb_utils.Logger`, so they reach the
+    tritonserver log (`grouplat serve --log-file`) in Triton's own format: ERROR and above as
+    Triton errors, WARNING as warnings, INFO as info, DEBUG as verbose (shown with
+    `--log-verbose 1`). A plain print or stderr line from a stub lands there unformatted."""
+
+    def __init__(self, triton_logger: Any) -> None:
+        super().__init__()
+        self.triton_logger = triton_logger
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self.triton_logger.log_error(text)
+            elif record.levelno >= logging.WARNING:
+                self.triton_logger.log_warn(text)
+            elif record.levelno >= logging.INFO:
+                self.triton_logger.log_info(text)
+            else:
+                self.triton_logger.log_verbose(text)
+        except Exception:  # noqa: BLE001 - logging never fails a request, nor prints a traceback
+            with contextlib.suppress(Exception):  # the stub's stderr reaches the server log too
+                sys.stderr.write(f"{record.levelname} {record.name}: {record.getMessage()}\n")
+
+
+def bridge_logging(pb_utils: Any) -> None:
+    """Send the `grouplat` loggers of this stub process to the Triton log (once per process).
+
+    Their level is $GROUPLAT_LOG_LEVEL (`grouplat --log-level` sets it for `grouplat serve`),
+    default INFO. Without `pb_utils.Logger` (Triton before 22.xx) nothing changes.
+    """
+    global _bridged
+    if _bridged or getattr(pb_utils, "Logger", None) is None:
+        return
+    _bridged = True
+    root = logging.getLogger("grouplat")
+    root.addHandler(TritonLogHandler(pb_utils.Logger))
+    name = os.environ.get(LOG_LEVEL_ENV, "").strip().upper() or "INFO"
+    level = logging.getLevelName(name)
+    root.setLevel(level if isinstance(level, int) else logging.INFO)
+    root.propagate = False  # the stub's stderr also reaches the server log: no second copy

@@ -3,13 +3,17 @@
 `orchestrator/model.py` stays thin: it builds an `Orchestrator` from Triton's arguments and hands
 every `execute` to `answer`, which validates each request on its own, runs all good requests with
 the same settings as one batched ODE solve, and answers every request — a bad one with
-INVALID_ARG naming the problem, without failing the others.
+INVALID_ARG naming the problem, without failing the others. Every error message ends with
+`[request <id>]` (the caller's Triton request id) and is logged once with it (engines.fail);
+successful requests are logged at DEBUG only.
 No torch here; `pb_utils` (triton_python_backend_utils) is passed in, as it only exists in the stub.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +23,22 @@ import numpy as np
 from grouplat import ops
 from grouplat.modelinfo import ModelInfo
 from grouplat.serving import contract as c
-from grouplat.serving.engines import BlsVelocity, OnnxVelocity, error_response
+from grouplat.serving.engines import (
+    BlsVelocity,
+    OnnxVelocity,
+    bridge_logging,
+    fail,
+    request_id,
+    succeeded,
+)
 from grouplat.settings import GenerationSettings
 from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
 
 IMAGE_RANGE_SLACK = 1e-3  # images are in [-1, 1]; allow rounding from uint8 conversions
 LATENT_LIMIT = 1e4  # |latent| above this is no latent of a model (they are ~N(0, 1)) and overflows
 DEFAULT_MAX_COST = 4096  # network evaluations × images per request (Heun 20 steps, 8 images: 320)
+
+logger = logging.getLogger(__name__)
 
 
 class RequestError(ValueError):
@@ -183,6 +196,7 @@ def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
 
 def orchestrator_from_triton(args: dict[str, str], pb_utils: Any) -> tuple[Orchestrator, str]:
     """Build the orchestrator of one Triton model from its `initialize` arguments."""
+    bridge_logging(pb_utils)
     config = json.loads(args["model_config"])
     params = config_parameters(config)
     model_dir = Path(args["model_repository"])
@@ -208,7 +222,19 @@ def orchestrator_from_triton(args: dict[str, str], pb_utils: Any) -> tuple[Orche
         params.get(c.SPACING_PARAM, "tau"),
     )
     max_cost = int(params.get(c.MAX_COST_PARAM, DEFAULT_MAX_COST))
-    return Orchestrator(info, velocity, defaults, max_cost), params[c.OPERATION_PARAM]
+    operation = params[c.OPERATION_PARAM]
+    logger.info(
+        "%s (%s, instance %s): model %s…, velocity %s, defaults %s %d steps, budget %d",
+        operation,
+        config.get("name", operation),
+        args.get("model_instance_name", "?"),
+        info.fingerprint[:16],
+        mode,
+        defaults.solver,
+        defaults.steps,
+        max_cost,
+    )
+    return Orchestrator(info, velocity, defaults, max_cost), operation
 
 
 class Cancelled(Exception):
@@ -243,30 +269,40 @@ def answer(pb_utils: Any, requests: Sequence[Any], orchestrator: Orchestrator, o
     Each request is read and validated on its own (any failure there is that request's error
     alone); the good ones with equal settings run as one batched solve. If a batch fails, its
     requests are retried one by one, so one poisonous input cannot fail its batch-mates. A
-    non-finite output is an error, never OK.
+    non-finite output is an error, never OK. Every error names its request (`[request <id>]`)
+    and is logged once; a success is logged at DEBUG.
     """
-    errors = pb_utils.TritonError
+    bridge_logging(pb_utils)
+    ids = [request_id(request) for request in requests]
     responses: list[Any] = [None] * len(requests)
     batches: dict[GenerationSettings, list[tuple[int, dict[str, np.ndarray]]]] = {}
     for i, request in enumerate(requests):
         try:
             inputs, settings = orchestrator.read(operation, _tensors(pb_utils, request, operation), request)
         except RequestError as error:
-            responses[i] = error_response(pb_utils, str(error), errors.INVALID_ARG)
+            responses[i] = fail(pb_utils, operation, ids[i], str(error), "INVALID_ARG")
             continue
         except Exception as error:  # a bug shown by this request: its error only, no traceback
+            logger.debug("[request %s] %s: reading the request raised", ids[i], operation, exc_info=True)
             message = f"{operation}: unexpected {type(error).__name__} while reading the request"
-            responses[i] = error_response(pb_utils, message, errors.INTERNAL)
+            responses[i] = fail(pb_utils, operation, ids[i], message, "INTERNAL")
             continue
         batches.setdefault(settings, []).append((i, inputs))
     for settings, members in batches.items():
+        started = time.perf_counter()
         outputs = _solve(orchestrator, operation, settings, members, requests)
         if outputs is None and len(members) > 1:  # isolate the culprit: each request alone
+            logger.debug("%s: a batch of %d requests failed; running each alone", operation, len(members))
             outputs = {}
             for member in members:
                 outputs.update(_solve(orchestrator, operation, settings, [member], requests) or {})
-        for i, _ in members:
-            responses[i] = _response(pb_utils, operation, (outputs or {}).get(i))
+        seconds = time.perf_counter() - started
+        for i, inputs in members:
+            responses[i] = _response(pb_utils, operation, (outputs or {}).get(i), ids[i])
+            if logger.isEnabledFor(logging.DEBUG) and not responses[i].has_error():
+                what = "%d image(s), %s %d steps, batch of %d request(s) in %.3f s"
+                images, batch = len(next(iter(inputs.values()))), len(members)
+                succeeded(operation, ids[i], what, images, settings.solver, settings.steps, batch, seconds)
     return responses
 
 
@@ -308,19 +344,17 @@ def _solve(
     return {i: Cancelled() if gone[j] else part for j, ((i, _), part) in enumerate(zip(members, parts))}
 
 
-def _response(pb_utils: Any, operation: str, output: np.ndarray | BaseException | None) -> Any:
-    errors = pb_utils.TritonError
+def _response(pb_utils: Any, operation: str, output: np.ndarray | BaseException | None, request: str) -> Any:
     if isinstance(output, Cancelled):
-        code = getattr(errors, "CANCELLED", errors.UNAVAILABLE)
-        return error_response(pb_utils, f"{operation} cancelled by its caller", code)
+        return fail(pb_utils, operation, request, f"{operation} cancelled by its caller", "CANCELLED")
     if isinstance(output, BaseException) or output is None:
-        return error_response(pb_utils, f"{operation} failed: {output}", errors.INTERNAL)
+        return fail(pb_utils, operation, request, f"{operation} failed: {output}", "INTERNAL")
     if not np.isfinite(output).all():
         message = (
             f"{operation} produced non-finite values: the inputs lie far outside what the model "
             "was trained on, or the solver diverged (try more steps or another solver)"
         )
-        return error_response(pb_utils, message, errors.INTERNAL)
+        return fail(pb_utils, operation, request, message, "INTERNAL")
     tensor = pb_utils.Tensor(c.OUTPUTS[operation], np.ascontiguousarray(output, dtype=np.float32))
     return pb_utils.InferenceResponse(output_tensors=[tensor])
 
