@@ -24,7 +24,8 @@ class AsyncClient(AsyncTransport, Plans):
     """Awaitable twin of `Client`: the same arguments, methods, results and errors.
 
     Args:
-        server, timeout, retry, ssl, root_certificates, private_key, certificate_chain: as `Client`.
+        server, timeout, retry, ssl, root_certificates, private_key, certificate_chain, request_id:
+            as `Client`.
 
     Example:
         async with AsyncClient("localhost:8001") as client:
@@ -32,9 +33,9 @@ class AsyncClient(AsyncTransport, Plans):
             decoded, mixed = await asyncio.gather(client.decode(z), client.mix(a, b, groups=1))
     """
 
-    async def info(self, timeout: float | None = None) -> ServedModel:
+    async def info(self, timeout: float | None = None, request_id: str | None = None) -> ServedModel:
         """The served model (read once). Args, Returns, Raises: as `Client.info`."""
-        return await self._run(self._plan_info(), timeout)
+        return await self._run(self._plan_info(), timeout, request_id)
 
     async def encode(
         self,
@@ -42,10 +43,12 @@ class AsyncClient(AsyncTransport, Plans):
         *,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> Latents:
         """Images → `Latents`. Args, Returns, Raises: as `Client.encode`."""
-        return await self._run(self._plan_encode(images, Wanted.of(settings, overrides)), timeout)
+        plan = self._plan_encode(images, Wanted.of(settings, overrides))
+        return await self._run(plan, timeout, request_id)
 
     async def decode(
         self,
@@ -54,10 +57,12 @@ class AsyncClient(AsyncTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """Latents → images [B, C, H, W]. Args, Returns, Raises: as `Client.decode`."""
-        return await self._run(self._plan_decode(latents, force, Wanted.of(settings, overrides)), timeout)
+        plan = self._plan_decode(latents, force, Wanted.of(settings, overrides))
+        return await self._run(plan, timeout, request_id)
 
     async def mix(
         self,
@@ -68,11 +73,12 @@ class AsyncClient(AsyncTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """Groups of `b` into `a` (Fig. 6). Args, Returns, Raises: as `Client.mix`."""
         plan = self._plan_mix(a, b, groups, force, Wanted.of(settings, overrides))
-        return await self._run(plan, timeout)
+        return await self._run(plan, timeout, request_id)
 
     async def interpolate(
         self,
@@ -85,11 +91,12 @@ class AsyncClient(AsyncTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """One group from `a` to `b` (Fig. 4). Args, Returns, Raises: as `Client.interpolate`."""
         plan = self._plan_interpolate(a, b, group, weights, method, force, Wanted.of(settings, overrides))
-        return await self._run(plan, timeout)
+        return await self._run(plan, timeout, request_id)
 
     async def traverse(
         self,
@@ -101,11 +108,12 @@ class AsyncClient(AsyncTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """One latent element swept (Fig. 7). Args, Returns, Raises: as `Client.traverse`."""
         plan = self._plan_traverse(latent, channel, index, values, force, Wanted.of(settings, overrides))
-        return await self._run(plan, timeout)
+        return await self._run(plan, timeout, request_id)
 
     async def reconstruct(
         self,
@@ -117,11 +125,12 @@ class AsyncClient(AsyncTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """Keep the first coefficients (Fig. 5). Args, Returns, Raises: as `Client.reconstruct`."""
         plan = self._plan_reconstruct(latent, keep, fill, seed, force, Wanted.of(settings, overrides))
-        return await self._run(plan, timeout)
+        return await self._run(plan, timeout, request_id)
 
     async def variations(
         self,
@@ -133,8 +142,9 @@ class AsyncClient(AsyncTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """`n` images, kept groups fixed (Fig. 9). Args, Returns, Raises: as `Client.variations`."""
         plan = self._plan_variations(latent, keep_groups, n, seed, force, Wanted.of(settings, overrides))
-        return await self._run(plan, timeout)
+        return await self._run(plan, timeout, request_id)

@@ -78,6 +78,7 @@ def _connect(args: argparse.Namespace) -> Client:
         root_certificates=args.root_certificates,
         private_key=args.private_key,
         certificate_chain=args.certificate_chain,
+        request_id=args.request_id,
     )
 
 
@@ -193,6 +194,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--root-certificates", default=None, help="PEM file of the CA to trust (TLS)")
     server.add_argument("--private-key", default=None, help="PEM client key (mutual TLS)")
     server.add_argument("--certificate-chain", default=None, help="PEM client certificate chain (mutual TLS)")
+    server.add_argument(
+        "--request-id",
+        default=None,
+        help="request id sent with every request of this command, named in the server's errors and log "
+        "(default: a new one per call)",
+    )
     ode = parser.add_argument_group("generation (default: the latent's own settings, else the model's)")
     ode.add_argument("--steps", type=int, default=None, help="total ODE steps")
     ode.add_argument("--solver", default=None, help="euler | heun | gei1 | gei2m")

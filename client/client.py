@@ -36,6 +36,9 @@ class Client(BlockingTransport, Plans):
         retry: the backoff between rounds of tries (default `RetryPolicy()`).
         ssl: use TLS; `root_certificates`, and `private_key` + `certificate_chain` for client
             authentication, are PEM file paths.
+        request_id: the request id sent with every call (default: a new uuid4 hex per method call).
+            The server names it in its errors and log lines (`[request <id>]`), and every ClientError
+            carries it as `error.request_id`; a method's own `request_id=` wins over this.
 
     Raises:
         ValueError: a malformed server address.
@@ -51,16 +54,17 @@ class Client(BlockingTransport, Plans):
             fast = client.decode(z, settings=Settings("gei2m", 8))
     """
 
-    def info(self, timeout: float | None = None) -> ServedModel:
+    def info(self, timeout: float | None = None, request_id: str | None = None) -> ServedModel:
         """The served model: fingerprint, latent layout, default settings (read once, then cached).
 
         Args:
             timeout: seconds for the call, retries included (default: the client's).
+            request_id: the id sent with the call's requests (default: the client's, else a new one).
 
         Raises:
             ServerError: the served `decode` model is not a grouplat model.
         """
-        return self._run(self._plan_info(), timeout)
+        return self._run(self._plan_info(), timeout, request_id)
 
     def encode(
         self,
@@ -68,6 +72,7 @@ class Client(BlockingTransport, Plans):
         *,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> Latents:
         """Images → `Latents`, carrying the model's fingerprint and the settings used.
@@ -76,6 +81,7 @@ class Client(BlockingTransport, Plans):
             images: one image or a batch (see the class docstring); never resized.
             settings: generation settings (default: the model's).
             timeout: seconds for the call, retries included (default: the client's).
+            request_id: the id sent with the call's requests (default: the client's, else a new one).
             **overrides: `steps`, `solver`, `schedule` over `settings`.
 
         Returns:
@@ -84,7 +90,8 @@ class Client(BlockingTransport, Plans):
         Raises:
             ValueError: images of the wrong size, range or dtype; bad settings.
         """
-        return self._run(self._plan_encode(images, Wanted.of(settings, overrides)), timeout)
+        plan = self._plan_encode(images, Wanted.of(settings, overrides))
+        return self._run(plan, timeout, request_id)
 
     def decode(
         self,
@@ -93,6 +100,7 @@ class Client(BlockingTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """`Latents` (or a bare float32 [B, C, H·W] array, which claims no model) → images.
@@ -102,6 +110,7 @@ class Client(BlockingTransport, Plans):
             force: decode latents of another model anyway (their latent shape must match).
             settings: generation settings (default: the latents' own, else the model's).
             timeout: seconds for the call, retries included (default: the client's).
+            request_id: the id sent with the call's requests (default: the client's, else a new one).
             **overrides: `steps`, `solver`, `schedule` over `settings`.
 
         Returns:
@@ -110,7 +119,8 @@ class Client(BlockingTransport, Plans):
         Raises:
             ModelMismatchError: latents of another model (unless `force`) or of another shape.
         """
-        return self._run(self._plan_decode(latents, force, Wanted.of(settings, overrides)), timeout)
+        plan = self._plan_decode(latents, force, Wanted.of(settings, overrides))
+        return self._run(plan, timeout, request_id)
 
     def mix(
         self,
@@ -121,6 +131,7 @@ class Client(BlockingTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """Images of `a` with the chosen groups taken from `b` (Fig. 6).
@@ -130,7 +141,7 @@ class Client(BlockingTransport, Plans):
         Args:
             a, b: latents or images; `b` may be one reference for all of `a` (or `a` one for all b).
             groups: a group number (S1 is 1), several, or a bool mask [k].
-            force, settings, timeout, **overrides: as in `decode`.
+            force, settings, timeout, request_id, **overrides: as in `decode`.
 
         Returns:
             float32 [max(len(a), len(b)), C, H, W].
@@ -140,7 +151,7 @@ class Client(BlockingTransport, Plans):
             ModelMismatchError: latents of different models (unless `force`).
         """
         plan = self._plan_mix(a, b, groups, force, Wanted.of(settings, overrides))
-        return self._run(plan, timeout)
+        return self._run(plan, timeout, request_id)
 
     def interpolate(
         self,
@@ -153,6 +164,7 @@ class Client(BlockingTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """One group moved from `a` to `b` by each weight, the other groups kept (Fig. 4).
@@ -162,7 +174,7 @@ class Client(BlockingTransport, Plans):
             group: the group that moves (S1 is 1).
             weights: the positions, 0 at `a` and 1 at `b`.
             method: `linear` or `slerp`.
-            force, settings, timeout, **overrides: as in `decode`.
+            force, settings, timeout, request_id, **overrides: as in `decode`.
 
         Returns:
             float32 [len(weights), C, H, W].
@@ -171,7 +183,7 @@ class Client(BlockingTransport, Plans):
             ValueError: more than one latent in `a` or `b`, or weights that are not finite numbers.
         """
         plan = self._plan_interpolate(a, b, group, weights, method, force, Wanted.of(settings, overrides))
-        return self._run(plan, timeout)
+        return self._run(plan, timeout, request_id)
 
     def traverse(
         self,
@@ -183,6 +195,7 @@ class Client(BlockingTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """Latent element (`channel`, `index`) set to each of `values` (Fig. 7).
@@ -191,7 +204,7 @@ class Client(BlockingTransport, Plans):
             latent: one latent or image.
             channel, index: the element; `index` counts coefficients in basis order.
             values: the values it takes.
-            force, settings, timeout, **overrides: as in `decode`.
+            force, settings, timeout, request_id, **overrides: as in `decode`.
 
         Returns:
             float32 [len(values), C, H, W].
@@ -200,7 +213,7 @@ class Client(BlockingTransport, Plans):
             ValueError: more than one latent, an element outside the latent, or non-finite values.
         """
         plan = self._plan_traverse(latent, channel, index, values, force, Wanted.of(settings, overrides))
-        return self._run(plan, timeout)
+        return self._run(plan, timeout, request_id)
 
     def reconstruct(
         self,
@@ -212,6 +225,7 @@ class Client(BlockingTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """Decode from the first `keep` coefficients of each channel (Fig. 5).
@@ -221,7 +235,7 @@ class Client(BlockingTransport, Plans):
             keep: how many coefficients to keep, in basis order.
             fill: the rest set to `zeros` (the latent mean) or `resample`d: fresh N(0, 1) from `seed`.
             seed: the seed of `resample`.
-            force, settings, timeout, **overrides: as in `decode`.
+            force, settings, timeout, request_id, **overrides: as in `decode`.
 
         Returns:
             float32 [B, C, H, W].
@@ -230,7 +244,7 @@ class Client(BlockingTransport, Plans):
             ValueError: `keep` outside 0..H·W, or an unknown `fill`.
         """
         plan = self._plan_reconstruct(latent, keep, fill, seed, force, Wanted.of(settings, overrides))
-        return self._run(plan, timeout)
+        return self._run(plan, timeout, request_id)
 
     def variations(
         self,
@@ -242,6 +256,7 @@ class Client(BlockingTransport, Plans):
         force: bool = False,
         settings: Settings | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
         **overrides: Unpack[Overrides],
     ) -> np.ndarray:
         """`n` images with the kept groups fixed and the others resampled from `seed` (Fig. 9).
@@ -251,7 +266,7 @@ class Client(BlockingTransport, Plans):
             keep_groups: the groups kept (S1 is 1), as in `mix`.
             n: how many variations.
             seed: the seed of the resampled groups (same seed, same images).
-            force, settings, timeout, **overrides: as in `decode`.
+            force, settings, timeout, request_id, **overrides: as in `decode`.
 
         Returns:
             float32 [n, C, H, W].
@@ -260,4 +275,4 @@ class Client(BlockingTransport, Plans):
             ValueError: more than one latent, an unknown group, or n < 1.
         """
         plan = self._plan_variations(latent, keep_groups, n, seed, force, Wanted.of(settings, overrides))
-        return self._run(plan, timeout)
+        return self._run(plan, timeout, request_id)

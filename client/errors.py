@@ -6,13 +6,23 @@ ClientError
 ├── InvalidRequestError     (ValueError)       the server refused the request
 ├── ModelMismatchError      (ValueError)       latents or endpoints of another model
 └── ServerError             (RuntimeError)     anything else
+
+Each carries `request_id`: the id the client sent with the call's requests (the caller's, or a
+generated one), which the server's error message and its log lines also name (`[request <id>]`).
 """
 
 from __future__ import annotations
 
 
 class ClientError(Exception):
-    """Base of the errors the client raises for server-side problems."""
+    """Base of the errors the client raises for server-side problems.
+
+    Attributes:
+        request_id: the request id of the call that failed (quote it to find the server's log
+            lines); None for an error raised outside a call.
+    """
+
+    request_id: str | None = None
 
 
 class ServerUnavailableError(ClientError, ConnectionError):

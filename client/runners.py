@@ -4,7 +4,8 @@ under `Client`) and over its asyncio one (`AsyncTransport`, under `AsyncClient`)
 A runner sends each request a plan yields to the endpoint in use, within the call's deadline; an
 endpoint met for the first time after a fail-over is first asked for its fingerprint. A retryable
 failure (grouplat.client.transport.retryable) drops the connection, moves to the next endpoint and
-backs off; any other failure is raised as a ClientError at once.
+backs off; any other failure is raised as a ClientError at once. Every request of one method call
+carries the call's request id (`Transport._call_id`), and so does every ClientError it raises.
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from grouplat.client.transport import ConfigRequest, Deadline, Plan, Request, T, Transport, retryable
+from grouplat.client.errors import ClientError
+from grouplat.client.transport import (
+    ConfigRequest,
+    Deadline,
+    Plan,
+    Request,
+    T,
+    Transport,
+    retryable,
+    with_request_id,
+)
 from grouplat.serving.contract import DECODE
 
 if TYPE_CHECKING:
@@ -27,14 +38,18 @@ if TYPE_CHECKING:
 class BlockingTransport(Transport):
     """The runner of `Client`: plans executed with tritonclient's blocking gRPC client."""
 
-    def _run(self, plan: Plan[T], timeout: float | None) -> T:
+    def _run(self, plan: Plan[T], timeout: float | None, request_id: str | None = None) -> T:
+        rid = self._call_id(request_id)
         deadline = Deadline(self.timeout if timeout is None else timeout)
         try:
             request = next(plan)
             while True:
-                request = plan.send(self._call(request, deadline))
+                request = plan.send(self._call(self._stamp(request, rid), deadline))
         except StopIteration as done:
             return done.value
+        except ClientError as error:
+            with_request_id(error, rid)
+            raise
         finally:
             plan.close()
 
@@ -49,7 +64,7 @@ class BlockingTransport(Transport):
                     raise self._translate(e, endpoint, request, deadline) from None
                 self._drop(endpoint)  # a fresh channel reconnects without gRPC's own backoff
                 tries += 1
-                time.sleep(self._after_unavailable(e, tries, deadline))
+                time.sleep(self._after_unavailable(e, tries, deadline, request))
 
     def _attempt(self, endpoint: str, request: Request, deadline: Deadline) -> Any:
         connection = self._connections.get(endpoint)
@@ -70,6 +85,7 @@ class BlockingTransport(Transport):
             request.model,
             inputs,
             outputs=outputs,
+            request_id=request.request_id,
             client_timeout=deadline.remaining(),
             parameters=request.parameters,
         )
@@ -95,14 +111,18 @@ class BlockingTransport(Transport):
 class AsyncTransport(Transport):
     """The runner of `AsyncClient`: plans executed with tritonclient's asyncio gRPC client."""
 
-    async def _run(self, plan: Plan[T], timeout: float | None) -> T:
+    async def _run(self, plan: Plan[T], timeout: float | None, request_id: str | None = None) -> T:
+        rid = self._call_id(request_id)
         deadline = Deadline(self.timeout if timeout is None else timeout)
         try:
             request = next(plan)
             while True:
-                request = plan.send(await self._call(request, deadline))
+                request = plan.send(await self._call(self._stamp(request, rid), deadline))
         except StopIteration as done:
             return done.value
+        except ClientError as error:
+            with_request_id(error, rid)
+            raise
         finally:
             plan.close()
 
@@ -117,7 +137,7 @@ class AsyncTransport(Transport):
                     raise self._translate(e, endpoint, request, deadline) from None
                 await self._drop(endpoint)
                 tries += 1
-                await asyncio.sleep(self._after_unavailable(e, tries, deadline))
+                await asyncio.sleep(self._after_unavailable(e, tries, deadline, request))
 
     async def _attempt(self, endpoint: str, request: Request, deadline: Deadline) -> Any:
         connection = self._connections.get(endpoint)
@@ -140,6 +160,7 @@ class AsyncTransport(Transport):
             request.model,
             inputs,
             outputs=outputs,
+            request_id=request.request_id,
             client_timeout=deadline.remaining(),
             parameters=request.parameters,
         )

@@ -7,16 +7,21 @@ the shared steps of `Transport`:
 - retries with exponential backoff (`RetryPolicy`) on UNAVAILABLE only (and on Triton's NOT_FOUND
   for a model that is unloading, which a restarting server answers: `retryable`);
 - fail-over across several endpoints, each checked to serve the same model (its fingerprint);
-- TLS, and the translation of gRPC statuses into the errors of grouplat.client.errors.
+- TLS, and the translation of gRPC statuses into the errors of grouplat.client.errors;
+- a request id on every infer (Triton's `ModelInferRequest.id`): the caller's, or a fresh uuid4
+  hex per method call, shared by all its requests and retries. The server names it in its errors
+  and log lines (`[request <id>]`); every ClientError of the call carries it as `request_id`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -47,6 +52,21 @@ CHANNEL_ARGS = [
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits (uuid4)."""
+    return uuid.uuid4().hex
+
+
+def with_request_id(error: ClientError, request_id: str) -> ClientError:
+    """`error` carrying `request_id`, its message naming it (unless the server's already does)."""
+    error.request_id = request_id
+    if error.args and isinstance(error.args[0], str) and f"[request {request_id}]" not in error.args[0]:
+        error.args = (f"{error.args[0]} [request {request_id}]", *error.args[1:])
+    return error
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,7 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     output: str
     parameters: dict[str, str | int]
+    request_id: str = ""  # Triton's request id: the runner gives every request its call's id
 
 
 Request = ConfigRequest | InferRequest
@@ -154,9 +175,11 @@ class Transport:
         root_certificates: str | None = None,
         private_key: str | None = None,
         certificate_chain: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.endpoints = parse_endpoints(server)
         self.timeout = float(timeout)
+        self.request_id = request_id  # sent with every call's requests; None: a new id per call
         self.retry = retry or RetryPolicy()
         self._tls = {
             "ssl": ssl,
@@ -173,6 +196,20 @@ class Transport:
 
     def _connection_args(self) -> dict[str, Any]:
         return {**self._tls, "channel_args": CHANNEL_ARGS}
+
+    def _call_id(self, request_id: str | None) -> str:
+        """The request id of one method call: the call's, else the client's, else a new one."""
+        chosen = request_id if request_id is not None else self.request_id
+        if chosen is not None and not (isinstance(chosen, str) and chosen):
+            raise ValueError(f"request_id must be a non-empty string, got {chosen!r}")
+        return chosen or new_request_id()
+
+    @staticmethod
+    def _stamp(request: Request, request_id: str) -> Request:
+        """An infer request carrying the call's id (unless the plan gave it one)."""
+        if isinstance(request, InferRequest) and not request.request_id:
+            return replace(request, request_id=request_id)
+        return request
 
     def _needs_check(self, endpoint: str, request: Request) -> bool:
         """A new endpoint (after fail-over) is asked for its fingerprint before it gets an infer."""
@@ -207,9 +244,12 @@ class Transport:
             raise ServerError(f"the {request.model} model answered without output {request.output}")
         return np.asarray(out)
 
-    def _after_unavailable(self, error: InferenceServerException, tries: int, deadline: Deadline) -> float:
+    def _after_unavailable(
+        self, error: InferenceServerException, tries: int, deadline: Deadline, request: Request | None = None
+    ) -> float:
         """Move to the next endpoint; return how long to wait first, or raise when out of time."""
         self.retries += 1
+        failed = self.endpoints[self._current]
         self._current = (self._current + 1) % len(self.endpoints)
         round_, position = divmod(tries, len(self.endpoints))
         delay = self.retry.delay(round_ - 1) if position == 0 else 0.0  # wait after a full round
@@ -220,7 +260,16 @@ class Transport:
                 f"grouplat server unavailable: no answer from {where} within the {deadline.seconds:g} s "
                 f"deadline ({tries} tries; last error: {error.message()})"
             ) from None
-        return min(delay, left - MIN_ATTEMPT)
+        wait = min(delay, left - MIN_ATTEMPT)
+        logger.debug(
+            "%s%s: %s; trying %s in %.2f s",
+            f"[request {request.request_id}] " if isinstance(request, InferRequest) else "",
+            failed,
+            status(error) or "unavailable",
+            self.endpoints[self._current],
+            wait,
+        )
+        return wait
 
     @staticmethod
     def _translate(
