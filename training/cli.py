@@ -224,9 +224,12 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m grouplat.training.cli train …` (what `grouplat train …` dispatches to)."""
+    from grouplat.cli import configure_logging
+
     parser = argparse.ArgumentParser(prog="grouplat")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)
+    configure_logging()  # progress at $GROUPLAT_LOG_LEVEL (default INFO) on stderr, as `grouplat train`
     return int(args.handler(args) or 0)
 
 

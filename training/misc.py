@@ -1,8 +1,9 @@
-"""A handful of utilities instead of a framework (as in EDM): distributed setup, `print0`, and a
+"""A handful of utilities instead of a framework (as in EDM): distributed setup, `info0`, and a
 module summary with parameter and FLOP counts."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
+
+logger = logging.getLogger(__name__)
 
 
 def init_distributed(device: str = "auto") -> torch.device:
@@ -37,9 +40,10 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def print0(*args: Any, **kwargs: Any) -> None:
+def info0(message: str, *args: object) -> None:
+    """Log at INFO on rank 0 only (every rank would repeat it)."""
     if rank() == 0:
-        print(*args, **kwargs, flush=True)
+        logger.info(message, *args)
 
 
 def count_flops(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> int:
@@ -78,9 +82,9 @@ def print_module_summary(
             h.remove()
     params = sum(p.numel() for p in module.parameters())
     width = max([len(r[0]) for r in rows] + [10])
-    print0(f"{type(module).__name__} summary".ljust(width), "Parameters".rjust(12), "  Output shape")
+    info0("%s %s   Output shape", f"{type(module).__name__} summary".ljust(width), "Parameters".rjust(12))
     for name, count, shape in rows:
         if count or "block" in name or "in0" in name:
-            print0(name.ljust(width), f"{count:12,d}", " ", shape)
-    print0("Total".ljust(width), f"{params:12,d}", f"   {flops / 1e9:.3f} GFLOPs per forward at batch 1")
+            info0("%s %12s   %s", name.ljust(width), f"{count:,d}", shape)
+    info0("%s %12s   %.3f GFLOPs per forward at batch 1", "Total".ljust(width), f"{params:,d}", flops / 1e9)
     return {"params": params, "flops": flops}

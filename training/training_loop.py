@@ -178,7 +178,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
         stored = read_tensors(root / MODEL)
         mean, std = stored["data_mean"].numpy(), stored["data_std"].numpy()
     else:
-        misc.print0(f"Data statistics over {min(cfg.stats_items, len(dataset))} items of {cfg.data} …")
+        misc.info0("Data statistics over %d items of %s …", min(cfg.stats_items, len(dataset)), cfg.data)
         mean, std = data_statistics(dataset, space.to_latent, cfg.stats_items, cfg.seed)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -195,7 +195,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     if root is not None:
-        misc.print0(f"Resuming from {root}")
+        misc.info0("Resuming from %s", root)
         trainer = load_training_state(root, net, ema, optimizer)
         step = int(trainer["step"])
         if trainer.get("scaler"):

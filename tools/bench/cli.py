@@ -139,9 +139,12 @@ def run_soak(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m grouplat.tools.bench.cli ...`, the same as `grouplat bench ...`."""
+    from grouplat.cli import configure_logging
+
     parser = argparse.ArgumentParser(prog="grouplat")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    configure_logging()  # progress at $GROUPLAT_LOG_LEVEL (default INFO) on stderr, as `grouplat bench`
     return int(args.handler(args))
 
 

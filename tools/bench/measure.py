@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -25,6 +25,8 @@ from grouplat.tools.bench.nets import Net
 from grouplat.tools.perf_analyzer import held_out_images, infer
 
 OPERATIONS = (ENCODE, DECODE, MIX)
+
+logger = logging.getLogger(__name__)
 
 
 def bench_net(net: Net, variants: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -142,4 +144,5 @@ def _forward(threads: int, spinning: bool) -> str:
 
 
 def progress(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message} (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
+    """Progress of a long benchmark, logged at INFO with the load average."""
+    logger.info("%s (load %.2f)", message, os.getloadavg()[0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from grouplat.solvers import Velocity, chunked
 from grouplat.tools.evaluation import measure, metrics
 from grouplat.tools.evaluation.measure import FULL, QUICK, Budget, Model
 from grouplat.tools.evaluation.report import markdown
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 128  # images per engine call (bounds memory)
 # index ranges of the held-out shapes, one per use, so that no two uses share an image
@@ -254,12 +257,12 @@ def table_one(
 
 
 class _Clock:
-    """Progress on stderr: each call prints what was done and how long it took."""
+    """Progress (logged at INFO): each call says what was done and how long it took."""
 
     def __init__(self, name: str) -> None:
         self.name, self.last = name, time.perf_counter()
 
     def __call__(self, what: str) -> None:
         now = time.perf_counter()
-        print(f"[{self.name}] {what}: {now - self.last:.1f} s", file=sys.stderr, flush=True)
+        logger.info("[%s] %s: %.1f s", self.name, what, now - self.last)
         self.last = now
