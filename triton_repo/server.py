@@ -388,11 +388,64 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", help="PEM certificate: serve gRPC over TLS (with --tls-key)")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--tls-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
+    tracing = parser.add_argument_group("tracing (Triton's request traces; see the notes below)")
+    tracing.add_argument(
+        "--trace-config",
+        action="append",
+        default=[],
+        metavar="[MODE,]KEY=VALUE",
+        help="passed to tritonserver as --trace-config (repeatable): e.g. triton,file=PATH, rate=1, "
+        "level=TIMESTAMPS or level=TENSORS, count=N, mode=triton|opentelemetry, "
+        "opentelemetry,url=HOST:PORT/v1/traces, triton,log-frequency=N",
+    )
+    tracing.add_argument(
+        "--trace-file",
+        metavar="PATH",
+        help="trace every request (level TIMESTAMPS, rate 1, unless --trace-config sets them) into PATH "
+        "(JSON, written when the server stops)",
+    )
+
+
+TRACE_EPILOG = """\
+tracing: --trace-file PATH is short for --trace-config triton,file=PATH --trace-config
+level=TIMESTAMPS --trace-config rate=1; every --trace-config goes to tritonserver unchanged (its
+--help lists them all). Triton writes the file when the server stops (with triton,log-frequency=N:
+every N traces, into PATH.0, PATH.1, …). Each trace names its model and the caller's request id
+(grouplat.client sends one with every request), then its timestamps (REQUEST_START, QUEUE_START,
+COMPUTE_START, …, GRPC_SEND_END) in ns; level=TENSORS adds the tensors. Tracing costs time."""
+
+
+def trace_arguments(trace_config: Sequence[str], trace_file: str | None) -> list[str]:
+    """tritonserver arguments for `--trace-config` settings and the `--trace-file` shorthand.
+
+    Raises:
+        ValueError: a setting without `=`.
+    """
+    for setting in trace_config:
+        if "=" not in setting:
+            raise ValueError(f"--trace-config takes [MODE,]KEY=VALUE (e.g. rate=1), got {setting!r}")
+    settings = list(trace_config)
+    if trace_file is not None:
+        keys = {s.split("=", 1)[0].strip() for s in settings}
+        path = Path(trace_file).resolve()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--trace-file {trace_file}: {error.strerror or error}") from None
+        settings.insert(0, f"triton,file={path}")
+        defaults = (("level", "TIMESTAMPS"), ("rate", "1"))
+        settings += [f"{key}={value}" for key, value in defaults if key not in keys]
+    return [f"--trace-config={setting}" for setting in settings]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `grouplat serve` to the top-level CLI (grouplat.cli)."""
-    parser = subparsers.add_parser("serve", help="run the embedded Triton server on a model repository")
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the embedded Triton server on a model repository",
+        epilog=TRACE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_arguments(parser)
     parser.set_defaults(handler=serve)
 
@@ -405,6 +458,7 @@ def serve(args: argparse.Namespace) -> int:
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
         if tls is not None:
             tls.arguments()  # the files exist
+        tracing = trace_arguments(args.trace_config, args.trace_file)
         server = EmbeddedServer(
             args.repository,
             host=args.host,
@@ -419,6 +473,7 @@ def serve(args: argparse.Namespace) -> int:
             tls=tls,
             http_host="127.0.0.1" if tls is not None else None,
             die_with_parent=True,
+            extra_args=tracing,
         )
     except (RepositoryError, ValueError) as e:
         print(f"grouplat serve: error: {e}", file=sys.stderr)
@@ -458,7 +513,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m grouplat.serving.server --repository DIR ...`, same as `grouplat serve`."""
-    parser = argparse.ArgumentParser(prog="grouplat serve", description="Run the embedded Triton server.")
+    parser = argparse.ArgumentParser(
+        prog="grouplat serve",
+        description="Run the embedded Triton server.",
+        epilog=TRACE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_arguments(parser)
     return serve(parser.parse_args(argv))
 
