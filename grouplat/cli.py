@@ -64,7 +64,7 @@ def configure_logging(level: str | None = None) -> int:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
         root.addHandler(handler)
-    root.setLevel(min(value, logging.WARNING))
+    root.setLevel(value if value <= logging.DEBUG else max(value, logging.WARNING))  # other libraries
     logging.getLogger("grouplat").setLevel(value)
     os.environ[LOG_LEVEL_ENV] = name
     if unknown:
