@@ -178,12 +178,9 @@ class EmbeddedServer:
         self.admin_key = None if open_admin else (admin_key or secrets.token_hex(16))
         self.tls = tls
         # The server (and so its stubs) stops when this process dies, even by SIGKILL. prctl's
-        # signal follows the creating *thread*, so only a main-thread start asks for it.
-        self.die_with_parent = (
-            threading.current_thread() is threading.main_thread()
-            if die_with_parent is None
-            else die_with_parent
-        )
+        # signal follows the *thread* that starts it: None asks for it only when start() runs on
+        # the main thread (a pool thread's exit would otherwise stop the server).
+        self.die_with_parent = die_with_parent
 
     # -- addresses -----------------------------------------------------------------
     @staticmethod
@@ -295,7 +292,7 @@ class EmbeddedServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=_die_with_parent if self._dies_with_parent() else None,
             )
         # Ignore proxies from the environment: this is a local health check.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -318,6 +315,11 @@ class EmbeddedServer:
             time.sleep(0.1)
         self._terminate(timeout=10.0)
         raise RuntimeError(f"{reason}; server log {self._log_path}:\n{_tail(self._log_path)}")
+
+    def _dies_with_parent(self) -> bool:
+        if self.die_with_parent is not None:
+            return self.die_with_parent
+        return threading.current_thread() is threading.main_thread()
 
     def _terminate(self, timeout: float) -> int | None:
         """SIGTERM the server, SIGKILL after `timeout`, then clear its process group and shm."""
