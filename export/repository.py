@@ -27,6 +27,7 @@ from grouplat.serving.configs import ENGINES, ServingOptions, orchestrator_confi
 # packages), found through importlib.resources in a checkout and in an installed wheel alike.
 SERVING = resources.files("grouplat.serving")
 DEFAULT_OPTIONS = ServingOptions()
+DEFAULTS_FILE = "defaults.json"  # per version: its default generate schedule, steps and solver
 __all__ = ["ENGINES", "ServingOptions", "write_repository"]
 
 
@@ -61,36 +62,61 @@ def write_repository(
     elif version in existing and not force:
         raise FileExistsError(f"{root}/velocity/{version} exists; pass --force to overwrite it")
     generate = default_generate_schedule(info, options)
-    params = {
-        c.FINGERPRINT_PARAM: info.fingerprint,
-        c.SPACE_PARAM: json.dumps(info.space.describe()),
-        c.TRAIN_SCHEDULE_PARAM: info.train_schedule.text,
+    defaults = {
         c.GENERATE_SCHEDULE_PARAM: generate.text,
-        c.HIDE_PARAM: str(int(info.hide)),
         c.STEPS_PARAM: str(options.steps),
         c.SOLVER_PARAM: options.solver,
+    }
+    call = {
+        c.VELOCITY_CALL_PARAM: options.velocity_call,
+        c.VELOCITY_MODEL_PARAM: c.VELOCITY,
+        c.VELOCITY_MAX_BATCH_PARAM: str(options.max_batch),
+    }
+    engine = {
         c.VERSION_PARAM: grouplat.__version__,
         c.THREADS_PARAM: str(options.threads),
         c.SPINNING_PARAM: str(int(options.spinning)),
         c.MAX_COST_PARAM: str(options.max_cost),
     }
-    write_model(root, c.VELOCITY, velocity_config(info, options, params), version, info)
+    for name in (c.VELOCITY, *c.ORCHESTRATORS):
+        write_version(root, name, version, info, defaults)
     target = root / c.VELOCITY / str(version)
     (target / "model.onnx").write_bytes(onnx_model)
     if options.engine == "python":
         (target / "model.py").write_bytes(adapter("velocity"))
     if plan is not None:
         (target / "model.plan").write_bytes(plan)
-    call = {
-        c.VELOCITY_CALL_PARAM: options.velocity_call,
-        c.VELOCITY_MODEL_PARAM: c.VELOCITY,
-        c.VELOCITY_MAX_BATCH_PARAM: str(options.max_batch),
-    }
+    for operation in c.ORCHESTRATORS:
+        (root / operation / str(version) / "model.py").write_bytes(adapter("orchestrator"))
+    # The configs describe every version (each loads: version_policy all); the top-level
+    # parameters are the newest version's, which Triton serves to callers who name none.
+    params = {**version_parameters(root), **engine}
+    (root / c.VELOCITY / "config.pbtxt").write_text(velocity_config(info, options, params))
     for operation in c.ORCHESTRATORS:
         config = orchestrator_config(info, options, operation, {**params, **call})
-        write_model(root, operation, config, version, info)
-        (root / operation / str(version) / "model.py").write_bytes(adapter("orchestrator"))
+        (root / operation / "config.pbtxt").write_text(config)
     return version
+
+
+def version_parameters(root: Path) -> dict[str, str]:
+    """Config parameters: the newest version's identity and defaults, and every version's (JSON)."""
+    versions = {}
+    for path in (root / c.VELOCITY).glob("[0-9]*"):
+        if path.is_dir() and path.name.isdigit():
+            info = ModelInfo.load(path)
+            defaults = (
+                json.loads((path / DEFAULTS_FILE).read_text()) if (path / DEFAULTS_FILE).is_file() else {}
+            )
+            versions[path.name] = {**info.describe(), **defaults}
+    newest = versions[max(versions, key=int)]
+    return {
+        c.FINGERPRINT_PARAM: newest["fingerprint"],
+        c.SPACE_PARAM: json.dumps(newest["space"]),
+        c.TRAIN_SCHEDULE_PARAM: Schedule.from_description(newest["train_schedule"]).text,
+        c.HIDE_PARAM: str(int(newest["hide"])),
+        **{key: newest[key] for key in (c.GENERATE_SCHEDULE_PARAM, c.STEPS_PARAM, c.SOLVER_PARAM)},
+        c.VERSIONS_PARAM: json.dumps(dict(sorted(versions.items(), key=lambda kv: int(kv[0])))),
+    }
 
 
 def adapter(kind: str) -> bytes:
@@ -110,10 +136,11 @@ def existing_versions(root: Path) -> dict[int, str]:
     return found
 
 
-def write_model(root: Path, name: str, config: str, version: int, info: ModelInfo) -> None:
+def write_version(root: Path, name: str, version: int, info: ModelInfo, defaults: dict[str, str]) -> None:
+    """A fresh version directory of one model: its ModelInfo and its serving defaults."""
     target = root / name / str(version)
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     info.save(target)
-    (root / name / "config.pbtxt").write_text(config)
+    (target / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1))

@@ -104,6 +104,7 @@ def _base(
     name: str, max_batch: int, instances: int, queue_delay_us: int, params: dict[str, str]
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, max_batch_size=max_batch)
+    config.version_policy.all.SetInParent()  # every version loads: two models can serve side by side
     config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.Kind.KIND_CPU)
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     for key, value in params.items():

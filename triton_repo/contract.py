@@ -40,5 +40,6 @@ VELOCITY_MAX_BATCH_PARAM = "velocity_max_batch"
 THREADS_PARAM, SPINNING_PARAM = "threads", "spinning"  # ONNX Runtime settings
 MAX_COST_PARAM = "max_cost"  # per request: network evaluations × images
 VERSION_PARAM = "grouplat_version"
+VERSIONS_PARAM = "versions"  # JSON: every served version → its fingerprint, space, schedules, defaults
 
 CALL_MODES = ("inprocess", "bls")  # how an orchestrator calls the velocity engine

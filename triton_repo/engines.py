@@ -56,10 +56,11 @@ class BlsVelocity:
     """The velocity engine through Triton (BLS): the dynamic batcher can merge the steps of
     different requests, since each sample carries its own levels."""
 
-    def __init__(self, pb_utils: Any, model: str = VELOCITY, max_batch: int = 64) -> None:
+    def __init__(self, pb_utils: Any, model: str = VELOCITY, max_batch: int = 64, version: int = -1) -> None:
         self.pb_utils = pb_utils
         self.model = model
         self.max_batch = max_batch
+        self.version = version  # the orchestrator's own version: versions of one model coexist
 
     def __call__(self, x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
         parts = []
@@ -67,6 +68,7 @@ class BlsVelocity:
             stop = start + self.max_batch
             request = self.pb_utils.InferenceRequest(
                 model_name=self.model,
+                model_version=self.version,
                 requested_output_names=[U],
                 inputs=[
                     self.pb_utils.Tensor(X_T, np.ascontiguousarray(x_t[start:stop])),

@@ -35,6 +35,7 @@ from grouplat.settings import GenerationSettings
 from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
 
 IMAGE_RANGE_SLACK = 1e-3  # images are in [-1, 1]; allow rounding from uint8 conversions
+DEFAULTS_FILE = "defaults.json"  # in a version directory: its default schedule, steps, solver (export)
 LATENT_LIMIT = 1e4  # |latent| above this is no latent of a model (they are ~N(0, 1)) and overflows
 DEFAULT_MAX_COST = 4096  # network evaluations × images per request (Heun 20 steps, 8 images: 320)
 
@@ -201,14 +202,19 @@ def orchestrator_from_triton(args: dict[str, str], pb_utils: Any) -> tuple[Orche
     params = config_parameters(config)
     model_dir = Path(args["model_repository"])
     version = args["model_version"]
-    info = ModelInfo.load(model_dir / version)
-    if params.get(c.FINGERPRINT_PARAM) != info.fingerprint:
-        raise ValueError(f"{model_dir}: config fingerprint differs from {version}/model.json")
+    info = ModelInfo.load(model_dir / version)  # each version is its own model (they coexist)
+    listed = json.loads(params.get(c.VERSIONS_PARAM) or "{}").get(version, {})
+    if listed.get("fingerprint", info.fingerprint) != info.fingerprint:
+        raise ValueError(f"{model_dir}: the config's versions list another model for {version}/model.json")
+    own = model_dir / version / DEFAULTS_FILE  # this version's defaults; older repositories: the config's
+    params = {**params, **(json.loads(own.read_text()) if own.is_file() else {})}
     mode = params.get(c.VELOCITY_CALL_PARAM, "inprocess")
     velocity_model = params.get(c.VELOCITY_MODEL_PARAM, c.VELOCITY)
     velocity: Velocity
     if mode == "bls":
-        velocity = BlsVelocity(pb_utils, velocity_model, int(params[c.VELOCITY_MAX_BATCH_PARAM]))
+        velocity = BlsVelocity(
+            pb_utils, velocity_model, int(params[c.VELOCITY_MAX_BATCH_PARAM]), int(version)
+        )
     elif mode == "inprocess":
         engine = model_dir.parent / velocity_model / version / "model.onnx"
         threads = int(params.get(c.THREADS_PARAM, "1"))
