@@ -77,6 +77,8 @@ def write_repository(
         c.THREADS_PARAM: str(options.threads),
         c.SPINNING_PARAM: str(int(options.spinning)),
         c.MAX_COST_PARAM: str(options.max_cost),
+        c.SCHEDULING_PARAM: options.scheduling,
+        c.CACHE_BYTES_PARAM: str(options.cache_bytes),
     }
     for name in (c.VELOCITY, *c.ORCHESTRATORS):
         write_version(root, name, version, info, defaults)

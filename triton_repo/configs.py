@@ -20,7 +20,12 @@ from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS
 from grouplat.solvers import SOLVERS
 
 ENGINES = ("python", "onnx", "tensorrt")
-FP32, BOOL, BYTES = mc.DataType.TYPE_FP32, mc.DataType.TYPE_BOOL, mc.DataType.TYPE_STRING
+FP32, BOOL, BYTES, INT32 = (
+    mc.DataType.TYPE_FP32,
+    mc.DataType.TYPE_BOOL,
+    mc.DataType.TYPE_STRING,
+    mc.DataType.TYPE_INT32,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class ServingOptions:
     velocity_instances: int = 1
     orchestrator_instances: int = 2  # a small request runs beside a long one (measured: issue 13)
     max_cost: int = 4096  # per request: network evaluations × images (mix counts three solves)
+    scheduling: str = "step"  # step: one loop batches every request's steps; request: one solve per execute
+    cache_bytes: int = 64 << 20  # the step loop's phase-end cache per model instance (0: off)
 
     def check(self, k: int) -> None:
         """Raises ValueError for options that cannot work together (or for this model's k groups)."""
@@ -57,6 +64,8 @@ class ServingOptions:
             )
         if self.steps < k:
             raise ValueError(f"default steps must be at least the number of groups ({k})")
+        if self.scheduling not in ("step", "request"):
+            raise ValueError(f"unknown scheduling {self.scheduling!r}: expected step or request")
 
 
 def velocity_config(info: ModelInfo, options: ServingOptions, params: dict[str, str]) -> str:
@@ -80,7 +89,8 @@ def velocity_config(info: ModelInfo, options: ServingOptions, params: dict[str, 
 def orchestrator_config(
     info: ModelInfo, options: ServingOptions, operation: str, params: dict[str, str]
 ) -> str:
-    """The config.pbtxt of one Python-backend orchestrator (`encode`, `decode` or `mix`)."""
+    """The config.pbtxt of one Python-backend orchestrator (`encode`, `decode`, `mix`, or a
+    decoupled stream: `decode_stream`, `mix_stream`, which also answer PHASE)."""
     config = _base(
         operation,
         options.request_batch,
@@ -97,6 +107,9 @@ def orchestrator_config(
         _add(config.input, name, BYTES, [1], optional=True)
     output = c.OUTPUTS[operation]
     _add(config.output, output, FP32, shapes[output])
+    if operation in c.STREAMS:
+        config.model_transaction_policy.decoupled = True
+        _add(config.output, c.PHASE, INT32, [1])
     return text_format.MessageToString(config)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 # ---- models -------------------------------------------------------------------------------
 VELOCITY = "velocity"  # the engine: X_T, LEVELS → U
 ENCODE, DECODE, MIX = "encode", "decode", "mix"  # the Python-backend orchestrators
-ORCHESTRATORS = (ENCODE, DECODE, MIX)
+DECODE_STREAM, MIX_STREAM = "decode_stream", "mix_stream"  # decoupled: a preview per phase, then the image
+STREAMS = {DECODE_STREAM: DECODE, MIX_STREAM: MIX}  # stream model → the operation it runs
+ORCHESTRATORS = (ENCODE, DECODE, MIX, DECODE_STREAM, MIX_STREAM)
 MODELS = (*ORCHESTRATORS, VELOCITY)
 
 # ---- tensors ------------------------------------------------------------------------------
@@ -18,9 +20,16 @@ X_T, LEVELS, U = "X_T", "LEVELS", "U"  # velocity: [B, C, H, W], [B, k] → [B, 
 IMAGE, LATENT = "IMAGE", "LATENT"  # [B, C, H, W] in [-1, 1]; [B, C, H·W] (FP32)
 IMAGE_A, IMAGE_B, GROUPS = "IMAGE_A", "IMAGE_B", "GROUPS"  # mix: two images, BOOL [B, k]
 FINGERPRINT = "FINGERPRINT"  # optional decode input, BYTES [B, 1]: the latent's model
+PHASE = "PHASE"  # stream outputs, INT32 [B, 1]: groups decoded so far (k: the final image)
 INPUTS = {ENCODE: (IMAGE,), DECODE: (LATENT,), MIX: (IMAGE_A, IMAGE_B, GROUPS)}
 OPTIONAL_INPUTS = {ENCODE: (), DECODE: (FINGERPRINT,), MIX: ()}
 OUTPUTS = {ENCODE: LATENT, DECODE: IMAGE, MIX: IMAGE}
+for _stream, _operation in STREAMS.items():
+    INPUTS[_stream], OPTIONAL_INPUTS[_stream], OUTPUTS[_stream] = (
+        INPUTS[_operation],
+        OPTIONAL_INPUTS[_operation],
+        OUTPUTS[_operation],
+    )
 
 # ---- request parameters (Triton request parameters; strings or integers) -------------------
 STEPS, SOLVER, SCHEDULE = "steps", "solver", "schedule"
@@ -39,6 +48,10 @@ VELOCITY_MODEL_PARAM = "velocity_model"
 VELOCITY_MAX_BATCH_PARAM = "velocity_max_batch"
 THREADS_PARAM, SPINNING_PARAM = "threads", "spinning"  # ONNX Runtime settings
 MAX_COST_PARAM = "max_cost"  # per request: network evaluations × images
+SCHEDULING_PARAM = (
+    "scheduling"  # step (one loop owns every request's steps) | request (one solve per execute)
+)
+CACHE_BYTES_PARAM = "cache_bytes"  # the step loop's phase cache, per model instance
 VERSION_PARAM = "grouplat_version"
 VERSIONS_PARAM = "versions"  # JSON: every served version → its fingerprint, space, schedules, defaults
 

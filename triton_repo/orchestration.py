@@ -284,7 +284,7 @@ def answer(pb_utils: Any, requests: Sequence[Any], orchestrator: Orchestrator, o
     batches: dict[GenerationSettings, list[tuple[int, dict[str, np.ndarray]]]] = {}
     for i, request in enumerate(requests):
         try:
-            inputs, settings = orchestrator.read(operation, _tensors(pb_utils, request, operation), request)
+            inputs, settings = orchestrator.read(operation, tensors_of(pb_utils, request, operation), request)
         except RequestError as error:
             responses[i] = fail(pb_utils, operation, ids[i], str(error), "INVALID_ARG")
             continue
@@ -304,7 +304,7 @@ def answer(pb_utils: Any, requests: Sequence[Any], orchestrator: Orchestrator, o
                 outputs.update(_solve(orchestrator, operation, settings, [member], requests) or {})
         seconds = time.perf_counter() - started
         for i, inputs in members:
-            responses[i] = _response(pb_utils, operation, (outputs or {}).get(i), ids[i])
+            responses[i] = response(pb_utils, operation, (outputs or {}).get(i), ids[i])
             if logger.isEnabledFor(logging.DEBUG) and not responses[i].has_error():
                 what = "%d image(s), %s %d steps, batch of %d request(s) in %.3f s"
                 images, batch = len(next(iter(inputs.values()))), len(members)
@@ -312,7 +312,7 @@ def answer(pb_utils: Any, requests: Sequence[Any], orchestrator: Orchestrator, o
     return responses
 
 
-def _tensors(pb_utils: Any, request: Any, operation: str) -> dict[str, np.ndarray]:
+def tensors_of(pb_utils: Any, request: Any, operation: str) -> dict[str, np.ndarray]:
     tensors = {}
     for name in (*c.INPUTS[operation], *c.OPTIONAL_INPUTS[operation]):
         tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -350,7 +350,7 @@ def _solve(
     return {i: Cancelled() if gone[j] else part for j, ((i, _), part) in enumerate(zip(members, parts))}
 
 
-def _response(pb_utils: Any, operation: str, output: np.ndarray | BaseException | None, request: str) -> Any:
+def response(pb_utils: Any, operation: str, output: np.ndarray | BaseException | None, request: str) -> Any:
     if isinstance(output, Cancelled):
         return fail(pb_utils, operation, request, f"{operation} cancelled by its caller", "CANCELLED")
     if isinstance(output, BaseException) or output is None:

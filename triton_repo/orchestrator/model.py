@@ -1,16 +1,19 @@
-"""Triton Python-backend model for `encode`, `decode` and `mix` (its config's `operation`).
+"""Triton Python-backend model for `encode`, `decode`, `mix` and their streams (config `operation`).
 
-Thin adapter: the ODE loop, validation and batching live in `grouplat.serving.orchestration`.
+Thin adapter: scheduling, validation and the ODE loop live in `grouplat.serving` (service.py).
 """
 
 import triton_python_backend_utils as pb_utils
 
-from grouplat.serving import orchestration
+from grouplat.serving import service
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.orchestrator, self.operation = orchestration.orchestrator_from_triton(args, pb_utils)
+        self.model = service.model_from_triton(args, pb_utils)
 
     def execute(self, requests):
-        return orchestration.answer(pb_utils, requests, self.orchestrator, self.operation)
+        return self.model.execute(requests)
+
+    def finalize(self):
+        self.model.finalize()
