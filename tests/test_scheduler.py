@@ -1,0 +1,179 @@
+"""The step scheduler (grouplat.serving.scheduler) in-process, and its served streams.
+
+Exact answers come from the Gaussian oracle: whatever the scheduler interleaves, reuses or caches,
+every output must equal the core's own decode bit for bit.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import make_oracle, oracle_images, oracle_repository_at
+
+import grouplat
+from grouplat.modelinfo import ModelInfo
+from grouplat.serving import contract as c
+from grouplat.serving.scheduler import Cancelled, Job, PhaseCache, Plan, Scheduler
+from grouplat.serving.server import EmbeddedServer
+from grouplat.settings import GenerationSettings
+
+ORACLE = make_oracle()
+INFO = ModelInfo(
+    "f" * 64,
+    ORACLE.space,
+    grouplat.Schedule.from_cuts(grouplat.PAPER_TRAIN),
+    True,
+    ORACLE.mean.astype(np.float32),
+    ORACLE.std.astype(np.float32),
+)
+
+
+def core_decode(latents: np.ndarray, settings: GenerationSettings) -> np.ndarray:
+    args = INFO.solve_args(settings.generation_schedule(4), settings.steps, settings.solver, settings.spacing)
+    return grouplat.decode(ORACLE, latents, **args)
+
+
+class Outcomes:
+    """Collects the outcomes of submitted jobs."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+        self.lock = threading.Condition()
+
+    def finish(self, name: str):  # type: ignore[no-untyped-def]
+        def store(output: object) -> None:
+            with self.lock:
+                self.values[name] = output
+                self.lock.notify_all()
+
+        return store
+
+    def wait(self, count: int, timeout: float = 60) -> dict[str, object]:
+        with self.lock:
+            assert self.lock.wait_for(lambda: len(self.values) >= count, timeout), self.values.keys()
+        return self.values
+
+
+def latents(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *INFO.space.latent_shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("solver", ["heun", "gei2m", "euler"])
+def test_interleaved_requests_with_reuse_and_cache_equal_the_core_decode_bit_for_bit(solver: str) -> None:
+    z = latents(5)
+    z[3][..., :100] = z[0][..., :100]  # shares S1..S2 with row 0: a variation
+    z[4][..., :30] = z[1][..., :30]  # shares S1 with row 1
+    runs = [GenerationSettings(solver, 13).check(4), GenerationSettings(solver, 9).check(4)]
+    cache = PhaseCache(1 << 20)
+    scheduler = Scheduler(ORACLE, max_batch=3)  # several engine calls per tick
+    outcomes = Outcomes()
+    try:
+        for i, settings in enumerate(runs):
+            for name, rows in (("all", z), ("part", z[1:4])):
+                plan = Plan(INFO, settings, cache)
+                scheduler.submit(Job(plan.decode(rows), outcomes.finish(f"{i}{name}")))
+        first = dict(outcomes.wait(4))
+        again = Plan(INFO, runs[0], cache)  # later: every phase of every row is cached
+        scheduler.submit(Job(again.decode(z), outcomes.finish("cached")))
+        done = outcomes.wait(5)
+    finally:
+        scheduler.close()
+    for i, settings in enumerate(runs):
+        expected = core_decode(z, settings)
+        np.testing.assert_array_equal(first[f"{i}all"], expected)
+        np.testing.assert_array_equal(first[f"{i}part"], expected[1:4])
+    np.testing.assert_array_equal(done["cached"], core_decode(z, runs[0]))
+    assert cache.hits >= 3 + 4 + 5 + 5 and cache.saved_nfe > 0  # the unique S1..Sj rows of each phase
+
+
+def test_previews_come_at_the_end_of_every_phase_then_the_image() -> None:
+    z = latents(2)
+    settings = GenerationSettings("gei2m", 8).check(4)
+    shown: list[tuple[int, np.ndarray]] = []
+    plan = Plan(INFO, settings, None, lambda number, images: shown.append((number, images)))
+    scheduler, outcomes = Scheduler(ORACLE), Outcomes()
+    try:
+        scheduler.submit(Job(plan.decode(z), outcomes.finish("image")))
+        image = outcomes.wait(1)["image"]
+    finally:
+        scheduler.close()
+    assert [n for n, _ in shown] == [1, 2, 3, 4]
+    np.testing.assert_array_equal(shown[-1][1], image)  # the last preview is the image
+    first = INFO.space.to_latent(shown[0][1])  # after S1: S1 decoded, the rest at the data mean
+    np.testing.assert_allclose(
+        first[..., 30:], np.broadcast_to(INFO.mean[..., 30:], first[..., 30:].shape), atol=1e-5
+    )
+
+
+def test_a_cancelled_job_leaves_at_the_next_tick_and_the_others_go_on() -> None:
+    settings = GenerationSettings("heun", 400).check(4)
+    stop = threading.Event()
+    ticks: list[int] = []
+    scheduler, outcomes = Scheduler(ORACLE, on_tick=lambda rows, live: ticks.append(live)), Outcomes()
+    try:
+        scheduler.submit(
+            Job(Plan(INFO, settings).decode(latents(1)), outcomes.finish("cancelled"), stop.is_set)
+        )
+        short = GenerationSettings("heun", 8).check(4)
+        scheduler.submit(Job(Plan(INFO, short).decode(latents(1, 1)), outcomes.finish("short")))
+        while len(ticks) < 30:
+            time.sleep(0.01)
+        stop.set()
+        result = outcomes.wait(2)
+        at_cancel = len(ticks)
+        time.sleep(0.2)
+    finally:
+        scheduler.close()
+    assert isinstance(result["cancelled"], Cancelled)
+    np.testing.assert_array_equal(result["short"], core_decode(latents(1, 1), short))
+    assert len(ticks) == at_cancel and ticks[-1] >= 0  # nothing runs once it left
+    assert max(ticks) == 2 and 400 * 2 > len(ticks)  # both shared ticks; the long one never finished
+
+
+def test_a_failing_query_fails_its_own_job_alone() -> None:
+    def velocity(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        if np.abs(x).max() > 50:
+            raise RuntimeError("engine refused")
+        return ORACLE(x, levels)
+
+    settings = GenerationSettings("euler", 8).check(4)
+    scheduler, outcomes = Scheduler(velocity), Outcomes()
+    try:
+        scheduler.submit(Job(Plan(INFO, settings).decode(latents(1) * 200), outcomes.finish("bad")))
+        scheduler.submit(Job(Plan(INFO, settings).decode(latents(1)), outcomes.finish("good")))
+        result = outcomes.wait(2)
+    finally:
+        scheduler.close()
+    assert isinstance(result["bad"], RuntimeError)
+    np.testing.assert_array_equal(result["good"], core_decode(latents(1), settings))
+
+
+def test_served_decode_stream_sends_a_preview_per_phase_then_the_decode(tmp_path: Path) -> None:
+    repository = oracle_repository_at(tmp_path / "repo")
+    x = oracle_images(ORACLE, 2)
+    with EmbeddedServer(repository) as server, grpcclient.InferenceServerClient(server.grpc_url) as client:
+        image_in = grpcclient.InferInput(c.IMAGE, list(x.shape), "FP32")
+        image_in.set_data_from_numpy(x)
+        z = client.infer(c.ENCODE, [image_in], parameters={"solver": "gei2m", "steps": 8}).as_numpy(c.LATENT)
+        latent = grpcclient.InferInput(c.LATENT, list(z.shape), "FP32")
+        latent.set_data_from_numpy(z)
+        unary = client.infer(c.DECODE, [latent], parameters={"solver": "gei2m", "steps": 8}).as_numpy(c.IMAGE)
+        answers: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        client.async_stream_infer(c.DECODE_STREAM, [latent], parameters={"solver": "gei2m", "steps": 8})
+        phases, images = [], []
+        while not phases or phases[-1] < 4:
+            result, error = answers.get(timeout=60)
+            assert error is None, error
+            phases.append(int(result.as_numpy(c.PHASE)[0, 0]))
+            images.append(result.as_numpy(c.IMAGE))
+        client.stop_stream()
+    assert phases == [1, 2, 3, 4]
+    np.testing.assert_array_equal(images[-1], unary)  # the stream's last answer is the decode
+    np.testing.assert_allclose(unary, x, atol=1e-4)  # gei2m is exact for the oracle
