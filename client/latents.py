@@ -1,8 +1,9 @@
 """`Latents`: latent coefficients together with the model and settings that made them.
 
 A latent is only meaningful with the model that made it (DESIGN §2), so `Latents` carries the
-model's fingerprint, the latent layout (image shape, basis, groups) and the generation settings, and
-serializes all of it to the `grouplat.v1.LatentCode` protobuf (proto/latent.proto).
+model's fingerprint, the latent layout (image shape, basis, groups), the generation settings and the
+served version number that made it (a hint: the fingerprint is the identity), and serializes all of
+it to the `grouplat.v1.LatentCode` protobuf (proto/latent.proto).
 
 A code read from bytes is checked field by field before anything is built from it: a code whose
 header claims more than its bytes hold, or a layout beyond the bounds below, is a ValueError naming
@@ -32,6 +33,7 @@ MAX_SIDE = 8192  # H and W
 MAX_CHANNELS = 64  # C
 MAX_VALUES = 2**26  # C·H·W of one image (e.g. 1×8192×8192, 4×4096×4096, 64×1024×1024)
 MAX_FILE_BYTES = 2**30  # `Latents.load`: a larger file is refused before it is read (1 GiB)
+MAX_VERSION_DIGITS = 19  # a model version number (Triton's are int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,9 +50,13 @@ class Latents:
         settings: the generation settings of the encode that made them (decode uses them by default).
         dtype: how `to_bytes` stores the coefficients: `float32`, or `float16` (half the size,
             rounded when written).
+        model_version: the served version number of the model that made them ("2"), "" when
+            unknown. A hint for people and logs: the client finds the version to decode them with
+            by `fingerprint`, which a version number at another server may not match.
 
     Raises:
-        ValueError: values that do not fit `space`, or an unknown dtype.
+        ValueError: values that do not fit `space`, an unknown dtype, or a model_version that is
+            not a version number.
 
     Example:
         >>> from grouplat.space import LatentSpace
@@ -65,6 +71,7 @@ class Latents:
     space: LatentSpace
     settings: Settings
     dtype: str = "float32"
+    model_version: str = ""
 
     def __post_init__(self) -> None:
         values = np.asarray(self.values, dtype=np.float32)
@@ -73,6 +80,7 @@ class Latents:
         self.space.check_latents(values)
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown latent dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        _check_version(self.model_version)
         values = values.copy()
         values.flags.writeable = False  # a code is a value: edits make new Latents (`replace`)
         object.__setattr__(self, "values", values)
@@ -87,7 +95,7 @@ class Latents:
         return self.replace(self.values[index])
 
     def replace(self, values: np.ndarray) -> Latents:
-        """The same model, layout, settings and dtype with new values.
+        """The same model, layout, settings, dtype and model version with new values.
 
         Args:
             values: float [B', C, H·W], e.g. from `grouplat.mix(z.space, z.values, …)`.
@@ -95,14 +103,15 @@ class Latents:
         Returns:
             New Latents.
         """
-        return Latents(values, self.fingerprint, self.space, self.settings, self.dtype)
+        return Latents(values, self.fingerprint, self.space, self.settings, self.dtype, self.model_version)
 
     @classmethod
     def concat(cls, parts: Sequence[Latents]) -> Latents:
         """Join latents of one model along the batch axis.
 
         Args:
-            parts: Latents of one fingerprint and layout (the first's settings and dtype are kept).
+            parts: Latents of one fingerprint and layout (the first's settings, dtype and model
+                version are kept).
 
         Returns:
             Latents of sum(len(p) for p in parts).
@@ -136,6 +145,7 @@ class Latents:
             dtype=DTYPES[self.dtype],
             count=len(self.values),
             coefficients=self.values.astype("<" + ("f4" if self.dtype == "float32" else "f2")).tobytes(),
+            model_version=self.model_version,
         )
 
     @classmethod
@@ -155,11 +165,12 @@ class Latents:
                 f"(1..{FORMAT_VERSION}); a newer grouplat may read it"
             )
         dtype, shape, groups = _check_header(code)
+        _check_version(code.model_version, "latent code ")
         space = LatentSpace(shape, code.basis, groups)  # only now: its basis is O(H² + W²)
         item = np.dtype("<" + ("f4" if dtype == "float32" else "f2"))
         values = np.frombuffer(code.coefficients, dtype=item).reshape(code.count, *space.latent_shape)
         settings = Settings(code.settings.solver, int(code.settings.steps), code.settings.schedule)
-        return cls(values.astype(np.float32), code.fingerprint, space, settings, dtype)
+        return cls(values.astype(np.float32), code.fingerprint, space, settings, dtype, code.model_version)
 
     def to_bytes(self) -> bytes:
         """The serialized `grouplat.v1.LatentCode` (deterministic: same latents, same bytes)."""
@@ -200,8 +211,10 @@ class Latents:
 
     def __repr__(self) -> str:
         fp = self.fingerprint[:12] + ("…" if len(self.fingerprint) > 12 else "")
+        version = f" version {self.model_version}" if self.model_version else ""
         return (
-            f"Latents({len(self)} × {self.space.latent_shape}, model {fp!r}, {self.space!r}, {self.settings})"
+            f"Latents({len(self)} × {self.space.latent_shape}, model {fp!r}{version}, {self.space!r}, "
+            f"{self.settings})"
         )
 
 
@@ -224,6 +237,19 @@ def read_code(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> 
             f"latent file may hold ({max_bytes} bytes; Latents.load takes max_bytes)"
         )
     return data
+
+
+def _check_version(version: object, what: str = "") -> None:
+    """A model version number as Triton names it ("2"), or "" for none.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if not isinstance(version, str) or (
+        version and not (version.isascii() and version.isdigit() and len(version) <= MAX_VERSION_DIGITS)
+    ):
+        shown = version[:24] if isinstance(version, str) else version
+        raise ValueError(f"{what}model_version must be a version number such as '2' or empty, got {shown!r}")
 
 
 def _check_header(code: latent_pb2.LatentCode) -> tuple[str, list[int], Any]:

@@ -26,7 +26,7 @@ class GenerationSettings(_message.Message):
     def __init__(self, solver: _Optional[str] = ..., steps: _Optional[int] = ..., schedule: _Optional[str] = ...) -> None: ...
 
 class LatentCode(_message.Message):
-    __slots__ = ("format_version", "fingerprint", "image_shape", "basis", "group_boundaries", "group_of", "settings", "dtype", "count", "coefficients")
+    __slots__ = ("format_version", "fingerprint", "image_shape", "basis", "group_boundaries", "group_of", "settings", "dtype", "count", "coefficients", "model_version")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class LatentCode(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     fingerprint: str
     image_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -47,4 +48,5 @@ class LatentCode(_message.Message):
     dtype: DType
     count: int
     coefficients: bytes
-    def __init__(self, format_version: _Optional[int] = ..., fingerprint: _Optional[str] = ..., image_shape: _Optional[_Iterable[int]] = ..., basis: _Optional[str] = ..., group_boundaries: _Optional[_Iterable[int]] = ..., group_of: _Optional[_Iterable[int]] = ..., settings: _Optional[_Union[GenerationSettings, _Mapping]] = ..., dtype: _Optional[_Union[DType, str]] = ..., count: _Optional[int] = ..., coefficients: _Optional[bytes] = ...) -> None: ...
+    model_version: str
+    def __init__(self, format_version: _Optional[int] = ..., fingerprint: _Optional[str] = ..., image_shape: _Optional[_Iterable[int]] = ..., basis: _Optional[str] = ..., group_boundaries: _Optional[_Iterable[int]] = ..., group_of: _Optional[_Iterable[int]] = ..., settings: _Optional[_Union[GenerationSettings, _Mapping]] = ..., dtype: _Optional[_Union[DType, str]] = ..., count: _Optional[int] = ..., coefficients: _Optional[bytes] = ..., model_version: _Optional[str] = ...) -> None: ...

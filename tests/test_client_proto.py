@@ -221,3 +221,34 @@ def test_load_refuses_a_file_too_large_before_reading_it(tmp_path: Path) -> None
     assert peak < 2**20
     with pytest.raises(ValueError, match="more than a latent file may hold"):
         read_code("/dev/zero", max_bytes=1000)  # no size to check: read up to the limit, then refused
+
+
+def test_model_version_is_an_optional_field_older_readers_skip() -> None:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    z = latents()
+    versioned = Latents(z.values, FINGERPRINT, z.space, SETTINGS, model_version="2")
+    assert Latents.from_bytes(versioned.to_bytes()).model_version == "2"
+    assert z.to_proto().model_version == "" and versioned.to_bytes() != z.to_bytes()
+    # A reader built from latent.proto before the field (format_version 1 too) reads the code.
+    older = descriptor_pb2.FileDescriptorProto()
+    latent_pb2.DESCRIPTOR.CopyToProto(older)
+    (message,) = [m for m in older.message_type if m.name == "LatentCode"]
+    fields = [f for f in message.field if f.name != "model_version"]
+    del message.field[:]
+    message.field.extend(fields)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(older)
+    descriptor = pool.FindMessageTypeByName("grouplat.v1.LatentCode")
+    get_class = getattr(message_factory, "GetMessageClass", None)
+    old_class = (
+        get_class(descriptor) if get_class else message_factory.MessageFactory(pool).GetPrototype(descriptor)
+    )
+    old = old_class.FromString(versioned.to_bytes())
+    assert (
+        old.format_version == 1
+        and old.fingerprint == FINGERPRINT
+        and old.coefficients == z.to_proto().coefficients
+    )
+    # …and keeps it as an unknown field when it writes the code again.
+    assert Latents.from_bytes(old.SerializeToString()).model_version == "2"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Sequence
@@ -104,7 +105,7 @@ class Worker:
     def _result(self, row: PlanRow, result: Any) -> dict[str, Any]:
         job = self.job
         if job.task.op == "encode":
-            z = Latents(result.values, result.fingerprint, result.space, result.settings, job.task.dtype)
+            z = dataclasses.replace(result, dtype=job.task.dtype)  # keeps the model version
             return {"latent": z.to_bytes(), "fingerprint": z.fingerprint, "shape": list(z.space.latent_shape)}
         buffer = io.BytesIO()
         to_pil(result[None])[0].save(buffer, format="PNG")
