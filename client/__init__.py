@@ -11,6 +11,9 @@ Generation settings: `settings=Settings(...)` (grouplat.settings.GenerationSetti
 keywords (`steps=40`, `solver="gei2m"`, `schedule=...`) on any method; keywords win over the
 object, which wins over the latents' own settings, which win over the model's defaults.
 
+Versions: `Client(server, model_version="2")` pins one of several served model versions (default:
+the newest); `Latents` record the version that made them and always go back to it (by fingerprint).
+
 `AsyncClient` (grouplat.client.aio) has the same methods, awaitable. Modules: `client` and `aio`
 (the two APIs), `plans` (each method, once), `served` (the served model, settings resolution),
 `transport` and `runners` (deadline, retries, fail-over, tritonclient calls), `errors`, `latents`,

@@ -24,8 +24,8 @@ class AsyncClient(AsyncTransport, Plans):
     """Awaitable twin of `Client`: the same arguments, methods, results and errors.
 
     Args:
-        server, timeout, retry, ssl, root_certificates, private_key, certificate_chain, request_id:
-            as `Client`.
+        server, timeout, retry, ssl, root_certificates, private_key, certificate_chain, request_id,
+            model_version: as `Client`.
 
     Example:
         async with AsyncClient("localhost:8001") as client:
@@ -36,6 +36,12 @@ class AsyncClient(AsyncTransport, Plans):
     async def info(self, timeout: float | None = None, request_id: str | None = None) -> ServedModel:
         """The served model (read once). Args, Returns, Raises: as `Client.info`."""
         return await self._run(self._plan_info(), timeout, request_id)
+
+    async def versions(
+        self, timeout: float | None = None, request_id: str | None = None
+    ) -> dict[str, ServedModel]:
+        """Every served model version (read once). Args, Returns, Raises: as `Client.versions`."""
+        return await self._run(self._plan_versions(), timeout, request_id)
 
     async def encode(
         self,

@@ -10,12 +10,14 @@
 
 Inputs ending in `.latent` are latent codes (from `grouplat encode`), anything else an image file.
 The server is `--server`, else $GROUPLAT_SERVER, else 127.0.0.1:8001 (comma-separate several
-endpoints for fail-over). Exit status: 0 done, 1 server trouble, 2 bad input or arguments.
+endpoints for fail-over); `--model-version N` pins one of several served versions (a `.latent` input
+always goes to the version that made it). Exit status: 0 done, 1 server trouble, 2 bad input or arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from collections.abc import Callable
@@ -79,6 +81,7 @@ def _connect(args: argparse.Namespace) -> Client:
         private_key=args.private_key,
         certificate_chain=args.certificate_chain,
         request_id=args.request_id,
+        model_version=args.model_version,
     )
 
 
@@ -127,7 +130,7 @@ def cmd_encode(client: Client, args: argparse.Namespace) -> list[str]:
         raise ValueError("encode takes image files, not .latent files")
     latents = client.encode(items, **_settings(args))
     if args.dtype != latents.dtype:
-        latents = Latents(latents.values, latents.fingerprint, latents.space, latents.settings, args.dtype)
+        latents = dataclasses.replace(latents, dtype=args.dtype)
     latents.save(args.output)
     return [args.output]
 
@@ -199,6 +202,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="request id sent with every request of this command, named in the server's errors and log "
         "(default: a new one per call)",
+    )
+    server.add_argument(
+        "--model-version",
+        default=None,
+        metavar="N",
+        help="the model version to use where the server serves several (default: the newest); "
+        ".latent inputs always go to the version that made them",
     )
     ode = parser.add_argument_group("generation (default: the latent's own settings, else the model's)")
     ode.add_argument("--steps", type=int, default=None, help="total ODE steps")

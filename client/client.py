@@ -39,9 +39,13 @@ class Client(BlockingTransport, Plans):
         request_id: the request id sent with every call (default: a new uuid4 hex per method call).
             The server names it in its errors and log lines (`[request <id>]`), and every ClientError
             carries it as `error.request_id`; a method's own `request_id=` wins over this.
+        model_version: the model version to use ("2"), when the server serves several side by side;
+            default: the newest (the one read first, kept for the client's life). Images are
+            encoded by it; `Latents` always go to the version that made them (by their fingerprint),
+            whatever is pinned. Every endpoint must serve this version's model (its fingerprint).
 
     Raises:
-        ValueError: a malformed server address.
+        ValueError: a malformed server address or model version.
 
     Every method raises ServerUnavailableError (no endpoint answered within the deadline),
     DeadlineExceededError, InvalidRequestError (a ValueError: the server's refusal), ServerError
@@ -55,16 +59,27 @@ class Client(BlockingTransport, Plans):
     """
 
     def info(self, timeout: float | None = None, request_id: str | None = None) -> ServedModel:
-        """The served model: fingerprint, latent layout, default settings (read once, then cached).
+        """The client's model (the pinned version, else the newest): fingerprint, version number,
+        latent layout, default settings (read once, then cached).
 
         Args:
             timeout: seconds for the call, retries included (default: the client's).
             request_id: the id sent with the call's requests (default: the client's, else a new one).
 
         Raises:
-            ServerError: the served `decode` model is not a grouplat model.
+            ServerError: the served `decode` model is not a grouplat model, or has no such version.
         """
         return self._run(self._plan_info(), timeout, request_id)
+
+    def versions(self, timeout: float | None = None, request_id: str | None = None) -> dict[str, ServedModel]:
+        """Every model version the server serves, by version number (ascending; read once).
+
+        A repository written before versions could coexist lists none: its one model appears
+        under the pinned version number, or "".
+
+        Args, Raises: as `info`.
+        """
+        return self._run(self._plan_versions(), timeout, request_id)
 
     def encode(
         self,
@@ -105,9 +120,14 @@ class Client(BlockingTransport, Plans):
     ) -> np.ndarray:
         """`Latents` (or a bare float32 [B, C, H·W] array, which claims no model) → images.
 
+        `Latents` are decoded by the served version that made them (found by their fingerprint),
+        with its layout and defaults, whichever version the client pins; so are the latents of every
+        edit below. A bare array is decoded by the client's model.
+
         Args:
             latents: the latents to decode.
-            force: decode latents of another model anyway (their latent shape must match).
+            force: decode latents of a model no served version has anyway, with the client's model
+                (their latent shape must match).
             settings: generation settings (default: the latents' own, else the model's).
             timeout: seconds for the call, retries included (default: the client's).
             request_id: the id sent with the call's requests (default: the client's, else a new one).
@@ -117,7 +137,8 @@ class Client(BlockingTransport, Plans):
             float32 [B, C, H, W] in [-1, 1].
 
         Raises:
-            ModelMismatchError: latents of another model (unless `force`) or of another shape.
+            ModelMismatchError: latents of a model no served version has (unless `force`), or of
+                another shape; or an endpoint (after fail-over) that does not serve their model.
         """
         plan = self._plan_decode(latents, force, Wanted.of(settings, overrides))
         return self._run(plan, timeout, request_id)

@@ -4,6 +4,11 @@ A plan is a generator that yields the server requests it needs (grouplat.client.
 `ConfigRequest`, `InferRequest`) and receives their answers; the runner of `Client` or of
 `AsyncClient` executes them, so the two clients cannot drift apart. The server contract (model and
 tensor names, shapes, parameters) is grouplat.serving.contract, documented in proto/README.md.
+
+Versions: the client's model is its pinned version (`model_version=`), else the newest one served.
+Images are encoded by it. `Latents` go to the version that made them, found by their fingerprint,
+whichever the client's model is: a latent is only meaningful with its model. Latents of a model no
+version serves are refused (`ModelMismatchError`), or with `force=True` decoded by the client's model.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from typing import Any
 import numpy as np
 
 import grouplat
-from grouplat.client.errors import ModelMismatchError
+from grouplat.client.errors import ModelMismatchError, ServerError
 from grouplat.client.images import to_model_images
 from grouplat.client.latents import Latents, Settings
-from grouplat.client.served import ServedModel, Wanted
+from grouplat.client.served import ServedModel, Wanted, newest, served_versions
 from grouplat.client.transport import ConfigRequest, InferRequest, Plan, Transport
 from grouplat.serving.contract import (
     DECODE,
@@ -30,6 +35,7 @@ from grouplat.serving.contract import (
     LATENT,
     MIX,
 )
+from grouplat.space import LatentSpace
 
 Images = Any  # see grouplat.client.images: uint8 HWC / float CHW arrays, PIL images, paths, lists
 LatentsOrImages = Latents | Images
@@ -39,42 +45,91 @@ Groups = int | Iterable[int] | np.ndarray
 class Plans(Transport):
     """The plans of every method and the model state they keep; the subclasses add a runner."""
 
-    _info: ServedModel | None = None  # the served model, read once
+    _info: ServedModel | None = None  # the client's model (pinned or newest version), read once
+    _models: dict[str, ServedModel] | None = None  # every served version by number, read once
 
     def _plan_config(self, model: str) -> Plan[dict[str, Any]]:
         if model not in self._configs:
             self._configs[model] = yield ConfigRequest(model)
         return self._configs[model]
 
-    def _plan_info(self) -> Plan[ServedModel]:
-        if self._info is None:
+    def _plan_versions(self) -> Plan[dict[str, ServedModel]]:
+        """Every version the server serves, by version number (ascending)."""
+        if self._models is None:
             config = yield from self._plan_config(DECODE)
-            self._info = ServedModel.from_config(config)
-            self._fingerprint = self._info.fingerprint  # every endpoint must serve this model
+            self._models = served_versions(config, self.model_version)
+        return self._models
+
+    def _plan_info(self) -> Plan[ServedModel]:
+        """The client's model: the pinned version, else the newest."""
+        if self._info is None:
+            models = yield from self._plan_versions()
+            number = self.model_version or newest(models)
+            if number not in models:
+                raise ServerError(
+                    f"the server at {self.endpoints[self._current]} serves no version {number} of the "
+                    f"model (it serves version{'s' * (len(models) > 1)} {', '.join(models)})"
+                )
+            self._info = models[number]
         return self._info
 
+    def _plan_maker(self, latents: Latents, force: bool) -> Plan[ServedModel]:
+        """The version that made `latents` (by their fingerprint), else the client's model, checked.
+
+        Raises:
+            ModelMismatchError: no served version made them (unless `force`), or another shape.
+        """
+        info = yield from self._plan_info()
+        if latents.fingerprint != info.fingerprint:
+            models = yield from self._plan_versions()
+            makers = [m for m in models.values() if m.fingerprint == latents.fingerprint]
+            info = makers[-1] if makers else info  # the newest, should one model be served twice
+        self._check_latents(latents, info, force)
+        return info
+
+    def _plan_model(self, *items: LatentsOrImages, force: bool) -> Plan[ServedModel]:
+        """The model an edit runs on: the maker of the first `Latents` among `items` (images are
+        encoded by it too), else the client's model."""
+        first = next((item for item in items if isinstance(item, Latents)), None)
+        if first is None:
+            return (yield from self._plan_info())
+        return (yield from self._plan_maker(first, force))
+
     def _plan_infer(
-        self, model: str, inputs: dict[str, np.ndarray], output: str, settings: Settings
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        output: str,
+        settings: Settings,
+        served: ServedModel | None = None,
     ) -> Plan[Any]:
-        """Run one model on a batch, split into requests of at most the model's max_batch_size."""
+        """Run one model on a batch, split into requests of at most the model's max_batch_size.
+
+        `served` is the version to run (default: the client's model).
+        """
+        if served is None:
+            served = yield from self._plan_info()
         config = yield from self._plan_config(model)
         size = len(next(iter(inputs.values())))
         step = int(config.get("max_batch_size") or size) or 1
         parts = []
         for start in range(0, size, step):
             chunk = {name: array[start : start + step] for name, array in inputs.items()}
-            parts.append((yield InferRequest(model, chunk, output, settings.parameters())))
+            request = InferRequest(
+                model, chunk, output, settings.parameters(), fingerprint=served.fingerprint
+            )
+            parts.append((yield request))
         return np.concatenate(parts).astype(np.float32)
 
     @staticmethod
-    def _groups(info: ServedModel, groups: Groups) -> np.ndarray:
+    def _groups(space: LatentSpace, groups: Groups) -> np.ndarray:
         """bool [k] from a group number, numbers (S1 is 1) or a mask, with a clear error."""
         if isinstance(groups, int | np.integer) and not isinstance(groups, bool):
             groups = [int(groups)]
         try:
-            return info.space.selection(groups)  # type: ignore[arg-type]
+            return space.selection(groups)  # type: ignore[arg-type]
         except (TypeError, ValueError) as e:
-            hint = "" if "1.." in str(e) else f" (groups are numbered 1..{info.space.k}, S1 is 1)"
+            hint = "" if "1.." in str(e) else f" (groups are numbered 1..{space.k}, S1 is 1)"
             raise ValueError(f"bad groups {groups!r}: {e}{hint}") from None
 
     def _check_latents(self, latents: Latents, info: ServedModel, force: bool) -> None:
@@ -88,10 +143,13 @@ class Plans(Transport):
         if force:
             return
         if latents.fingerprint != info.fingerprint:
+            made = f" (served as version {latents.model_version})" if latents.model_version else ""
+            served = f" as version {info.version}" if info.version else ""
+            others = " and no other version made them" if self._models and len(self._models) > 1 else ""
             raise ModelMismatchError(
-                f"these latents were made by model {latents.fingerprint!r}, but the server at {where} "
-                f"serves model {info.fingerprint!r}: decode them with the model that made them (or pass "
-                "force=True to decode them anyway)"
+                f"these latents were made by model {latents.fingerprint!r}{made}, but the server at "
+                f"{where} serves model {info.fingerprint!r}{served}{others}: decode them with the model "
+                "that made them (or pass force=True to decode them anyway)"
             )
         if latents.space != info.space:
             raise ModelMismatchError(
@@ -99,39 +157,41 @@ class Plans(Transport):
                 "decode them anyway)"
             )
 
-    def _plan_encode(self, images: Images, wanted: Wanted) -> Plan[Latents]:
-        info = yield from self._plan_info()
+    def _plan_encode(self, images: Images, wanted: Wanted, info: ServedModel | None = None) -> Plan[Latents]:
+        """Images → Latents of `info` (default: the client's model)."""
+        if info is None:
+            info = yield from self._plan_info()
         x = to_model_images(images, info.space.shape)
         settings = wanted.resolve(info)
-        z = yield from self._plan_infer(ENCODE, {IMAGE: x}, LATENT, settings)
-        return Latents(z, info.fingerprint, info.space, settings)
+        z = yield from self._plan_infer(ENCODE, {IMAGE: x}, LATENT, settings, info)
+        return Latents(z, info.fingerprint, info.space, settings, model_version=info.version)
 
     def _plan_latents(
-        self, item: LatentsOrImages, force: bool, wanted: Wanted, single: str = ""
+        self, item: LatentsOrImages, force: bool, wanted: Wanted, info: ServedModel, single: str = ""
     ) -> Plan[Latents]:
-        """`Latents` as given (checked against the model), anything else encoded as images."""
+        """`Latents` as given (checked against the version that made them), anything else encoded
+        as images by `info`."""
         if isinstance(item, Latents):
-            info = yield from self._plan_info()
-            self._check_latents(item, info, force)
+            yield from self._plan_maker(item, force)
             latents = item
         else:
-            latents = yield from self._plan_encode(item, wanted)
+            latents = yield from self._plan_encode(item, wanted, info)
         if single and len(latents) != 1:
             raise ValueError(f"{single} takes one latent or image, got {len(latents)}")
         return latents
 
     def _plan_decode(self, latents: Latents | np.ndarray, force: bool, wanted: Wanted) -> Plan[np.ndarray]:
-        info = yield from self._plan_info()
         inputs: dict[str, np.ndarray] = {}
         base = None
         if isinstance(latents, Latents):
-            self._check_latents(latents, info, force)
+            info = yield from self._plan_maker(latents, force)  # the version that made them
             values = latents.values
             if latents.space == info.space:
                 base = latents.settings  # decode with the settings that made the latents
             if latents.fingerprint == info.fingerprint:  # the server checks it too
                 inputs[FINGERPRINT] = np.full((len(values), 1), info.fingerprint.encode(), dtype=object)
         else:  # a bare array claims no model: only its shape is checked
+            info = yield from self._plan_info()
             values = np.asarray(latents, dtype=np.float32)
             values = values[None] if values.ndim == 2 else values
             info.space.check_latents(values)
@@ -139,21 +199,21 @@ class Plans(Transport):
                 raise ValueError("latents contain NaN or infinity")
         settings = wanted.resolve(info, base)
         inputs = {LATENT: np.ascontiguousarray(values, dtype=np.float32), **inputs}
-        return (yield from self._plan_infer(DECODE, inputs, IMAGE, settings))
+        return (yield from self._plan_infer(DECODE, inputs, IMAGE, settings, info))
 
     def _plan_mix(
         self, a: LatentsOrImages, b: LatentsOrImages, groups: Groups, force: bool, wanted: Wanted
     ) -> Plan[np.ndarray]:
-        info = yield from self._plan_info()
-        chosen = self._groups(info, groups)
+        info = yield from self._plan_model(a, b, force=force)
+        chosen = self._groups(info.space, groups)
         if not chosen.any():
             raise ValueError("mix needs at least one group to take from b")
         if not isinstance(a, Latents) and not isinstance(b, Latents):  # the server's mix model
             xa, xb = _pair(to_model_images(a, info.space.shape), to_model_images(b, info.space.shape))
             inputs = {IMAGE_A: xa, IMAGE_B: xb, GROUPS: np.repeat(chosen[None], len(xa), axis=0)}
-            return (yield from self._plan_infer(MIX, inputs, IMAGE, wanted.resolve(info)))
-        za = yield from self._plan_latents(a, force, wanted)
-        zb = yield from self._plan_latents(b, force, wanted)
+            return (yield from self._plan_infer(MIX, inputs, IMAGE, wanted.resolve(info), info))
+        za = yield from self._plan_latents(a, force, wanted, info)
+        zb = yield from self._plan_latents(b, force, wanted, info)
         if za.fingerprint != zb.fingerprint and not force:
             raise ModelMismatchError(
                 f"cannot mix latents of model {za.fingerprint!r} with latents of model {zb.fingerprint!r}"
@@ -173,8 +233,9 @@ class Plans(Transport):
         wanted: Wanted,
     ) -> Plan[np.ndarray]:
         w = _finite(weights, "weights")
-        za = yield from self._plan_latents(a, force, wanted, single="interpolate")
-        zb = yield from self._plan_latents(b, force, wanted, single="interpolate")
+        info = yield from self._plan_model(a, b, force=force)
+        za = yield from self._plan_latents(a, force, wanted, info, single="interpolate")
+        zb = yield from self._plan_latents(b, force, wanted, info, single="interpolate")
         moved = za.replace(grouplat.interpolate(za.space, za.values[0], zb.values[0], group, w, method))
         return (yield from self._plan_decode(moved, force, wanted))
 
@@ -188,23 +249,25 @@ class Plans(Transport):
         wanted: Wanted,
     ) -> Plan[np.ndarray]:
         v = _finite(values, "values")
-        z = yield from self._plan_latents(latent, force, wanted, single="traverse")
+        info = yield from self._plan_model(latent, force=force)
+        z = yield from self._plan_latents(latent, force, wanted, info, single="traverse")
         moved = z.replace(grouplat.traverse(z.space, z.values[0], channel, index, v))
         return (yield from self._plan_decode(moved, force, wanted))
 
     def _plan_reconstruct(
         self, latent: LatentsOrImages, keep: int, fill: str, seed: int, force: bool, wanted: Wanted
     ) -> Plan[np.ndarray]:
-        z = yield from self._plan_latents(latent, force, wanted)
+        info = yield from self._plan_model(latent, force=force)
+        z = yield from self._plan_latents(latent, force, wanted, info)
         kept = z.replace(grouplat.keep_first(z.space, z.values, keep, fill, seed))
         return (yield from self._plan_decode(kept, force, wanted))
 
     def _plan_variations(
         self, latent: LatentsOrImages, keep_groups: Groups, n: int, seed: int, force: bool, wanted: Wanted
     ) -> Plan[np.ndarray]:
-        info = yield from self._plan_info()
-        keep = self._groups(info, keep_groups)
-        z = yield from self._plan_latents(latent, force, wanted, single="variations")
+        info = yield from self._plan_model(latent, force=force)
+        keep = self._groups(info.space, keep_groups)
+        z = yield from self._plan_latents(latent, force, wanted, info, single="variations")
         varied = z.replace(grouplat.variations(z.space, z.values[0], keep, n, seed))
         return (yield from self._plan_decode(varied, force, wanted))
 

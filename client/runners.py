@@ -2,7 +2,8 @@
 under `Client`) and over its asyncio one (`AsyncTransport`, under `AsyncClient`).
 
 A runner sends each request a plan yields to the endpoint in use, within the call's deadline; an
-endpoint met for the first time after a fail-over is first asked for its fingerprint. A retryable
+endpoint met for the first time after a fail-over is first asked for the versions it serves, and
+every infer goes to the version there that serves the model the plan asked for. A retryable
 failure (grouplat.client.transport.retryable) drops the connection, moves to the next endpoint and
 backs off; any other failure is raised as a ClientError at once. Every request of one method call
 carries the call's request id (`Transport._call_id`), and so does every ClientError it raises.
@@ -85,6 +86,7 @@ class BlockingTransport(Transport):
             request.model,
             inputs,
             outputs=outputs,
+            model_version=self._version_for(endpoint, request),
             request_id=request.request_id,
             client_timeout=deadline.remaining(),
             parameters=request.parameters,
@@ -160,6 +162,7 @@ class AsyncTransport(Transport):
             request.model,
             inputs,
             outputs=outputs,
+            model_version=self._version_for(endpoint, request),
             request_id=request.request_id,
             client_timeout=deadline.remaining(),
             parameters=request.parameters,

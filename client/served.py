@@ -1,6 +1,12 @@
 """What a call's generation settings resolve against: the served model (`ServedModel`, read once
 from its config) and the settings a call asks for (`Wanted`: a settings object and keyword overrides).
 
+Versions: a repository may serve several versions of one model side by side, each its own model
+(fingerprint, latent layout, defaults). Every config lists them all in its `versions` parameter
+(JSON: version number → that version's parameters); its top-level parameters are the newest
+version's. `served_versions` reads every version, falling back to the top-level parameters for a
+config that lists none (a repository written before versions could coexist).
+
 Precedence, in `Wanted.resolve`: keyword overrides (`steps=30`) > the `settings` object > the
 latents' own settings (decode: they invert the encode that made them) > the served model's defaults.
 """
@@ -13,6 +19,7 @@ from typing import Any, TypedDict
 
 from grouplat.client.errors import ServerError
 from grouplat.client.latents import Settings
+from grouplat.schedule import Schedule
 from grouplat.serving.contract import (
     FINGERPRINT_PARAM,
     GENERATE_SCHEDULE_PARAM,
@@ -21,44 +28,160 @@ from grouplat.serving.contract import (
     SPACE_PARAM,
     STEPS_PARAM,
     TRAIN_SCHEDULE_PARAM,
+    VERSIONS_PARAM,
 )
 from grouplat.space import LatentSpace
+
+DEFAULTS = (GENERATE_SCHEDULE_PARAM, STEPS_PARAM, SOLVER_PARAM)  # a version's own serving defaults
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the client reads from the server once: the model's identity, layout and defaults."""
+    """What the client reads from the server once: one model version's identity, layout and defaults."""
 
     fingerprint: str
     space: LatentSpace
     settings: Settings  # the generation defaults (config `solver`, `steps`, `generate_schedule`)
     train_schedule: str
     hide: bool
+    # Its Triton version number; "" when the config lists no versions and the client pins none.
+    version: str = ""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ServedModel:
-        """From a model config as JSON (`get_model_config(name, as_json=True)["config"]`).
+    def from_config(cls, config: dict[str, Any], version: str = "") -> ServedModel:
+        """One version of the model, from a model config as JSON
+        (`get_model_config(name, as_json=True)["config"]`).
+
+        Args:
+            config: the config.
+            version: the version number wanted; "" for the newest.
 
         Raises:
-            ServerError: the config lacks grouplat's parameters (not a grouplat model).
+            ServerError: the config lacks grouplat's parameters (not a grouplat model), or lists
+                versions but not `version`.
         """
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        models = served_versions(config, version)
+        if not version:
+            return models[newest(models)]
+        if version not in models:
+            raise ServerError(
+                f"model {config.get('name', '?')!r} has no version {version}: the server serves "
+                f"version{'s' * (len(models) > 1)} {', '.join(models)}"
+            )
+        return models[version]
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], version: str = "", name: str = "?") -> ServedModel:
+        """From a config's parameters as plain strings (one version's: see `version_parameters`).
+
+        Raises:
+            ServerError: grouplat's parameters are missing (not a grouplat model) or unreadable.
+        """
+        which = f"version {version} of model {name!r}" if version else f"model {name!r}"
         needed = (FINGERPRINT_PARAM, SPACE_PARAM, SOLVER_PARAM, STEPS_PARAM, GENERATE_SCHEDULE_PARAM)
-        missing = [name for name in needed if not params.get(name)]
+        missing = [key for key in needed if not params.get(key)]
         if missing:
             raise ServerError(
-                f"model {config.get('name', '?')!r} is not a grouplat model: its config has no "
-                f"parameters {', '.join(missing)}"
+                f"{which} is not a grouplat model: its config has no parameters {', '.join(missing)}"
             )
-        space = LatentSpace.from_description(json.loads(params[SPACE_PARAM]))
-        settings = Settings(params[SOLVER_PARAM], int(params[STEPS_PARAM]), params[GENERATE_SCHEDULE_PARAM])
+        try:
+            space = LatentSpace.from_description(json.loads(params[SPACE_PARAM]))
+            settings = Settings(
+                params[SOLVER_PARAM], int(params[STEPS_PARAM]), params[GENERATE_SCHEDULE_PARAM]
+            )
+            settings = settings.check(space.k)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ServerError(f"{which} has unreadable config parameters: {e}") from None
         return cls(
             fingerprint=params[FINGERPRINT_PARAM],
             space=space,
-            settings=settings.check(space.k),
+            settings=settings,
             train_schedule=params.get(TRAIN_SCHEDULE_PARAM, ""),
             hide=params.get(HIDE_PARAM, "true").strip().lower() in ("1", "true", "yes"),
+            version=version,
         )
+
+
+def newest(versions: dict[str, Any]) -> str:
+    """The highest version number among the keys of `versions` ("" sorts lowest)."""
+    return max(versions, key=_number)
+
+
+def _number(version: str) -> int:
+    return int(version) if version.isdigit() else -1
+
+
+def version_parameters(config: dict[str, Any], unlisted: str = "") -> dict[str, dict[str, str]]:
+    """Every served version's config parameters as plain strings, by version number (ascending).
+
+    A version's entry in the `versions` parameter holds its fingerprint, space, train_schedule,
+    hide and defaults; a default it lacks is the config's (as the server's orchestrator does).
+    A config without `versions` (an older repository) is one model, under the number `unlisted`.
+
+    Raises:
+        ServerError: a `versions` parameter that is not a JSON object of version number → object.
+    """
+    params = {k: str(v.get("string_value", "")) for k, v in config.get("parameters", {}).items()}
+    listed = params.pop(VERSIONS_PARAM, "")
+    if not listed:
+        return {unlisted: params}
+    try:
+        entries = json.loads(listed)
+        if not isinstance(entries, dict) or not entries:
+            raise ValueError("not a non-empty object")
+        for number, entry in entries.items():
+            if not (number.isdigit() and isinstance(entry, dict)):
+                raise ValueError(f"entry {number!r} is not version number → object")
+    except ValueError as e:
+        raise ServerError(
+            f"model {config.get('name', '?')!r} has an unreadable versions parameter: {e}"
+        ) from None
+    shared = {
+        k: v
+        for k, v in params.items()
+        if k not in (FINGERPRINT_PARAM, SPACE_PARAM, TRAIN_SCHEDULE_PARAM, HIDE_PARAM)
+    }
+    versions = {}
+    for number in sorted(entries, key=int):
+        entry = entries[number]
+        own = {**shared, **{key: str(entry[key]) for key in DEFAULTS if key in entry}}
+        own[FINGERPRINT_PARAM] = str(entry.get("fingerprint", ""))
+        if "space" in entry:
+            own[SPACE_PARAM] = json.dumps(entry["space"])
+        if "train_schedule" in entry:
+            own[TRAIN_SCHEDULE_PARAM] = _schedule_text(entry["train_schedule"])
+        if "hide" in entry:
+            own[HIDE_PARAM] = "1" if entry["hide"] in (True, 1, "1", "true") else "0"
+        versions[number] = own
+    return versions
+
+
+def version_fingerprints(config: dict[str, Any], unlisted: str = "") -> dict[str, str]:
+    """Version number → fingerprint of every version a config lists (see `version_parameters`)."""
+    return {
+        number: p.get(FINGERPRINT_PARAM, "") for number, p in version_parameters(config, unlisted).items()
+    }
+
+
+def served_versions(config: dict[str, Any], unlisted: str = "") -> dict[str, ServedModel]:
+    """Every served version of the model, by version number (ascending; see `version_parameters`).
+
+    Raises:
+        ServerError: not a grouplat model, or unreadable parameters.
+    """
+    name = str(config.get("name", "?"))
+    return {
+        number: ServedModel.from_parameters(params, number, name)
+        for number, params in version_parameters(config, unlisted).items()
+    }
+
+
+def _schedule_text(description: Any) -> str:
+    """A train schedule as the config's text, from a version entry's description (cuts or intervals)."""
+    try:
+        return Schedule.from_description(description).text
+    except (TypeError, ValueError):
+        return str(description)
 
 
 class Overrides(TypedDict, total=False):

@@ -6,7 +6,11 @@ the shared steps of `Transport`:
 - a deadline over the whole method call (`Deadline`);
 - retries with exponential backoff (`RetryPolicy`) on UNAVAILABLE only (and on Triton's NOT_FOUND
   for a model that is unloading, which a restarting server answers: `retryable`);
-- fail-over across several endpoints, each checked to serve the same model (its fingerprint);
+- fail-over across several endpoints, each checked to serve the model of every request sent there
+  (its fingerprint);
+- versions: every infer goes to the version, at the endpoint in use, that serves the model the plan
+  asks for (`InferRequest.fingerprint`), so a version number read at one endpoint is never sent to
+  another that numbers its versions differently;
 - TLS, and the translation of gRPC statuses into the errors of grouplat.client.errors;
 - a request id on every infer (Triton's `ModelInferRequest.id`): the caller's, or a fresh uuid4
   hex per method call, shared by all its requests and retries. The server names it in its errors
@@ -35,7 +39,7 @@ from grouplat.client.errors import (
     ServerError,
     ServerUnavailableError,
 )
-from grouplat.serving.contract import FINGERPRINT_PARAM
+from grouplat.client.served import newest, version_fingerprints
 
 DEFAULT_SERVER = "127.0.0.1:8001"
 SERVER_ENV = "GROUPLAT_SERVER"  # "host:port" or a comma-separated list of endpoints
@@ -54,6 +58,29 @@ CHANNEL_ARGS = [
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+
+def check_version(version: str | int | None) -> str:
+    """A model version to pin as Triton names it ("2"); "" for none (None or "": the newest).
+
+    Raises:
+        ValueError: not a positive whole number.
+    """
+    if version is None or version == "":
+        return ""
+    text = str(version).strip()
+    if isinstance(version, bool) or not text.isdigit() or int(text) < 1 or len(text) > 19:
+        raise ValueError(f"model_version must be a version number such as 2, got {version!r}")
+    return str(int(text))
+
+
+def _models(served: dict[str, str]) -> str:
+    """What an endpoint serves, for an error message."""
+    if len(served) == 1:
+        return f"model {next(iter(served.values()))!r}"
+    return "models " + ", ".join(
+        f"{fingerprint!r} (version {number})" for number, fingerprint in served.items()
+    )
 
 
 def new_request_id() -> str:
@@ -125,6 +152,9 @@ class InferRequest:
     output: str
     parameters: dict[str, str | int]
     request_id: str = ""  # Triton's request id: the runner gives every request its call's id
+    # The model (fingerprint) the request is for: the runner sends it to the version serving it at
+    # the endpoint in use (`Transport._version_for`). "": the client's pinned version (or the newest).
+    fingerprint: str = ""
 
 
 Request = ConfigRequest | InferRequest
@@ -176,8 +206,10 @@ class Transport:
         private_key: str | None = None,
         certificate_chain: str | None = None,
         request_id: str | None = None,
+        model_version: str | int | None = None,
     ) -> None:
         self.endpoints = parse_endpoints(server)
+        self.model_version = check_version(model_version)  # "": unpinned (the newest version)
         self.timeout = float(timeout)
         self.request_id = request_id  # sent with every call's requests; None: a new id per call
         self.retry = retry or RetryPolicy()
@@ -189,8 +221,7 @@ class Transport:
         }
         self._current = 0  # index of the endpoint in use
         self._configs: dict[str, dict[str, Any]] = {}  # model → its config, read once
-        self._fingerprint: str | None = None  # the model every endpoint must serve, once read
-        self._checked: set[str] = set()  # endpoints known to serve the model `_fingerprint`
+        self._versions: dict[str, dict[str, str]] = {}  # endpoint → its version number → fingerprint
         self.retries = 0  # tries repeated after UNAVAILABLE, over the client's life (for monitoring)
         self._connections: dict[str, Any] = {}  # endpoint → tritonclient (grpc or grpc.aio) client
 
@@ -212,21 +243,33 @@ class Transport:
         return request
 
     def _needs_check(self, endpoint: str, request: Request) -> bool:
-        """A new endpoint (after fail-over) is asked for its fingerprint before it gets an infer."""
-        return (
-            self._fingerprint is not None
-            and endpoint not in self._checked
-            and isinstance(request, InferRequest)
-        )
+        """A new endpoint (after fail-over) is asked for its versions before it gets an infer."""
+        return endpoint not in self._versions and isinstance(request, InferRequest)
 
     def _check_endpoint(self, endpoint: str, config: dict[str, Any]) -> None:
-        fingerprint = config.get("parameters", {}).get(FINGERPRINT_PARAM, {}).get("string_value", "")
-        if self._fingerprint is not None and fingerprint != self._fingerprint:
+        """Learn the versions an endpoint serves (its infers are checked by `_version_for`)."""
+        self._versions[endpoint] = version_fingerprints(config, self.model_version)
+
+    def _version_for(self, endpoint: str, request: InferRequest) -> str:
+        """The version number, at `endpoint`, of the model `request` is for ("": Triton's newest).
+
+        So every endpoint must serve each model the client sends requests for (the pinned or
+        newest version's, and that of any latents routed to their maker), under any number.
+
+        Raises:
+            ModelMismatchError: the endpoint serves no version of that model.
+        """
+        served = self._versions.get(endpoint, {})
+        wanted = request.fingerprint
+        if not wanted or served.get(self.model_version) == wanted:
+            return self.model_version
+        numbers = [number for number, fingerprint in served.items() if fingerprint == wanted]
+        if not numbers:
             raise ModelMismatchError(
-                f"the server at {endpoint} serves model {fingerprint!r} ({config.get('name')}), but this "
-                f"client talks to model {self._fingerprint!r}: every endpoint must serve the same model"
+                f"the server at {endpoint} serves {_models(served)}, but this {request.model} request "
+                f"is for model {wanted!r}: every endpoint must serve the same model (each version in use)"
             )
-        self._checked.add(endpoint)
+        return newest(dict.fromkeys(numbers))
 
     @staticmethod
     def _infer_inputs(module: Any, request: InferRequest) -> tuple[list[Any], list[Any]]:
