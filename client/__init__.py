@@ -14,10 +14,14 @@ object, which wins over the latents' own settings, which win over the model's de
 Versions: `Client(server, model_version="2")` pins one of several served model versions (default:
 the newest); `Latents` record the version that made them and always go back to it (by fingerprint).
 
-`AsyncClient` (grouplat.client.aio) has the same methods, awaitable. Modules: `client` and `aio`
-(the two APIs), `plans` (each method, once), `served` (the served model, settings resolution),
-`transport` and `runners` (deadline, retries, fail-over, tritonclient calls), `errors`, `latents`,
-`images`; `cli` the command line, `batch` the batch jobs.
+Previews: `client.decode_stream(z)` / `client.mix_stream(a, b, groups)` yield a `Preview(phase,
+images, final)` per group phase (S1 first), the last equal to `decode` / `mix`.
+
+`AsyncClient` (grouplat.client.aio) has the same methods, awaitable (the streams: async
+iterators). Modules: `client` and `aio` (the two APIs), `plans` (each method, once), `served` (the
+served model, settings resolution), `transport` and `runners` (deadline, retries, fail-over,
+tritonclient calls, streams), `errors`, `latents`, `images`; `cli` the command line, `batch` the
+batch jobs.
 """
 
 from grouplat.client.aio import AsyncClient
@@ -33,7 +37,7 @@ from grouplat.client.errors import (
 from grouplat.client.images import grid, load_image, save_image, to_model_images, to_pil, to_uint8
 from grouplat.client.latents import Latents, Settings
 from grouplat.client.served import ServedModel
-from grouplat.client.transport import DEFAULT_SERVER, SERVER_ENV, RetryPolicy, parse_endpoints
+from grouplat.client.transport import DEFAULT_SERVER, SERVER_ENV, Preview, RetryPolicy, parse_endpoints
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -46,6 +50,7 @@ __all__ = [
     "Latents",
     "ServedModel",
     "ModelMismatchError",
+    "Preview",
     "RetryPolicy",
     "ServerError",
     "ServerUnavailableError",

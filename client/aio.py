@@ -6,7 +6,7 @@ the runner differs (grouplat.client.runners). Use one AsyncClient per event loop
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +15,7 @@ from grouplat.client.latents import Latents, Settings
 from grouplat.client.plans import Groups, Images, LatentsOrImages, Plans
 from grouplat.client.runners import AsyncTransport
 from grouplat.client.served import Overrides, ServedModel, Wanted
+from grouplat.client.transport import Preview
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -31,6 +32,8 @@ class AsyncClient(AsyncTransport, Plans):
         async with AsyncClient("localhost:8001") as client:
             z = await client.encode(images)
             decoded, mixed = await asyncio.gather(client.decode(z), client.mix(a, b, groups=1))
+            async for preview in client.decode_stream(z):  # not awaited: an async iterator
+                show(preview.phase, preview.images)
     """
 
     async def info(self, timeout: float | None = None, request_id: str | None = None) -> ServedModel:
@@ -85,6 +88,42 @@ class AsyncClient(AsyncTransport, Plans):
         """Groups of `b` into `a` (Fig. 6). Args, Returns, Raises: as `Client.mix`."""
         plan = self._plan_mix(a, b, groups, force, Wanted.of(settings, overrides))
         return await self._run(plan, timeout, request_id)
+
+    def decode_stream(
+        self,
+        latents: Latents | np.ndarray,
+        *,
+        force: bool = False,
+        settings: Settings | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **overrides: Unpack[Overrides],
+    ) -> AsyncGenerator[Preview, None]:
+        """A `Preview` per phase, the last `decode`'s result: `async for p in client.decode_stream(z)`.
+
+        Args, Returns, Raises: as `Client.decode_stream`. Leaving the loop early cancels the
+        request once the iterator is closed: at once with `await previews.aclose()` or
+        `async with contextlib.aclosing(client.decode_stream(z)) as previews:`, else when asyncio
+        finalizes the dropped iterator.
+        """
+        plan = self._plan_decode(latents, force, Wanted.of(settings, overrides), stream=True)
+        return self._stream(plan, timeout, request_id)
+
+    def mix_stream(
+        self,
+        a: LatentsOrImages,
+        b: LatentsOrImages,
+        groups: Groups,
+        *,
+        force: bool = False,
+        settings: Settings | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **overrides: Unpack[Overrides],
+    ) -> AsyncGenerator[Preview, None]:
+        """A `Preview` per phase, the last `mix`'s result. Args, Returns, Raises: as `Client.mix_stream`."""
+        plan = self._plan_mix(a, b, groups, force, Wanted.of(settings, overrides), stream=True)
+        return self._stream(plan, timeout, request_id)
 
     async def interpolate(
         self,

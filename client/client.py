@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,6 +12,7 @@ from grouplat.client.latents import Latents, Settings
 from grouplat.client.plans import Groups, Images, LatentsOrImages, Plans
 from grouplat.client.runners import BlockingTransport
 from grouplat.client.served import Overrides, ServedModel, Wanted
+from grouplat.client.transport import Preview
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -56,6 +57,8 @@ class Client(BlockingTransport, Plans):
             z = client.encode(["a.png", "b.png"])          # Latents
             images = client.decode(z, steps=40)            # float32 [2, C, H, W]
             fast = client.decode(z, settings=Settings("gei2m", 8))
+            for preview in client.decode_stream(z):      # one per phase: S1 first, then finer
+                show(preview.images)                       # the last (preview.final) is decode's
     """
 
     def info(self, timeout: float | None = None, request_id: str | None = None) -> ServedModel:
@@ -173,6 +176,58 @@ class Client(BlockingTransport, Plans):
         """
         plan = self._plan_mix(a, b, groups, force, Wanted.of(settings, overrides))
         return self._run(plan, timeout, request_id)
+
+    def decode_stream(
+        self,
+        latents: Latents | np.ndarray,
+        *,
+        force: bool = False,
+        settings: Settings | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **overrides: Unpack[Overrides],
+    ) -> Generator[Preview, None, None]:
+        """`decode` with progressive previews: the image as it stands after each group's phase.
+
+        Runs on the server's `decode_stream` model, with the arguments, routing and settings of
+        `decode`. Yields `Preview(phase, images, final)` for phases 1 … k in order: phase j shows
+        S1 … Sj decoded and the finer groups at the data mean; the last (phase k, `final`) is
+        exactly what `decode` returns. A batch above the model's max_batch_size runs as several
+        streams at once, and each preview holds the whole batch.
+
+        The call's `timeout` covers the whole stream, counted from this call (the time between
+        iterations too). Leaving the loop early (`break`, `.close()`, an exception) cancels the
+        request: the server stops its work. A `break` closes the iterator at once where nothing
+        else holds it; otherwise use `with contextlib.closing(client.decode_stream(z)) as previews:`.
+
+        Args, Raises: as `decode`; the errors are raised from the iteration, and arguments are
+        checked when it starts.
+
+        Returns:
+            An iterator of k `Preview`s, each float32 [B, C, H, W] in [-1, 1].
+        """
+        plan = self._plan_decode(latents, force, Wanted.of(settings, overrides), stream=True)
+        return self._stream(plan, timeout, request_id)
+
+    def mix_stream(
+        self,
+        a: LatentsOrImages,
+        b: LatentsOrImages,
+        groups: Groups,
+        *,
+        force: bool = False,
+        settings: Settings | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **overrides: Unpack[Overrides],
+    ) -> Generator[Preview, None, None]:
+        """`mix` with progressive previews: two sets of images go to the server's `mix_stream` model
+        (`Latents` are mixed here and decoded on `decode_stream`); the last preview is `mix`'s result.
+
+        Args, Raises: as `mix`. Returns, the deadline and leaving early: as `decode_stream`.
+        """
+        plan = self._plan_mix(a, b, groups, force, Wanted.of(settings, overrides), stream=True)
+        return self._stream(plan, timeout, request_id)
 
     def interpolate(
         self,

@@ -5,6 +5,11 @@ A plan is a generator that yields the server requests it needs (grouplat.client.
 `AsyncClient` executes them, so the two clients cannot drift apart. The server contract (model and
 tensor names, shapes, parameters) is grouplat.serving.contract, documented in proto/README.md.
 
+Streams: `decode` and `mix` also run as streams (`stream=True`) on the decoupled `decode_stream` /
+`mix_stream` models: the same plan up to its last request, which becomes a `StreamRequest` per
+chunk of the batch; the plan then reads the chunks phase by phase and yields one `Preview` per phase
+with the whole batch (chunks concatenated), the last (phase k, final) equal to the unary result.
+
 Versions: the client's model is its pinned version (`model_version=`), else the newest one served.
 Images are encoded by it. `Latents` go to the version that made them, found by their fingerprint,
 whichever the client's model is: a latent is only meaningful with its model. Latents of a model no
@@ -23,7 +28,15 @@ from grouplat.client.errors import ModelMismatchError, ServerError
 from grouplat.client.images import to_model_images
 from grouplat.client.latents import Latents, Settings
 from grouplat.client.served import ServedModel, Wanted, newest, served_versions
-from grouplat.client.transport import ConfigRequest, InferRequest, Plan, Transport
+from grouplat.client.transport import (
+    ConfigRequest,
+    InferRequest,
+    Plan,
+    Preview,
+    StreamRead,
+    StreamRequest,
+    Transport,
+)
 from grouplat.serving.contract import (
     DECODE,
     ENCODE,
@@ -34,12 +47,14 @@ from grouplat.serving.contract import (
     IMAGE_B,
     LATENT,
     MIX,
+    STREAMS,
 )
 from grouplat.space import LatentSpace
 
 Images = Any  # see grouplat.client.images: uint8 HWC / float CHW arrays, PIL images, paths, lists
 LatentsOrImages = Latents | Images
 Groups = int | Iterable[int] | np.ndarray
+STREAM_OF = {operation: stream for stream, operation in STREAMS.items()}  # decode → decode_stream
 
 
 class Plans(Transport):
@@ -102,24 +117,70 @@ class Plans(Transport):
         output: str,
         settings: Settings,
         served: ServedModel | None = None,
+        stream: bool = False,
     ) -> Plan[Any]:
         """Run one model on a batch, split into requests of at most the model's max_batch_size.
 
-        `served` is the version to run (default: the client's model).
+        `served` is the version to run (default: the client's model). `stream`: run its stream
+        model instead, yielding a `Preview` per phase (see `_plan_stream`).
         """
         if served is None:
             served = yield from self._plan_info()
+        if stream:
+            model = STREAM_OF[model]
         config = yield from self._plan_config(model)
         size = len(next(iter(inputs.values())))
         step = int(config.get("max_batch_size") or size) or 1
+        chunks = [
+            {name: array[start : start + step] for name, array in inputs.items()}
+            for start in range(0, size, step)
+        ]
+        if stream:
+            return (yield from self._plan_stream(model, chunks, output, settings, served))
         parts = []
-        for start in range(0, size, step):
-            chunk = {name: array[start : start + step] for name, array in inputs.items()}
+        for chunk in chunks:
             request = InferRequest(
                 model, chunk, output, settings.parameters(), fingerprint=served.fingerprint
             )
             parts.append((yield request))
         return np.concatenate(parts).astype(np.float32)
+
+    def _plan_stream(
+        self,
+        model: str,
+        chunks: list[dict[str, np.ndarray]],
+        output: str,
+        settings: Settings,
+        served: ServedModel,
+    ) -> Plan[np.ndarray]:
+        """Stream every chunk at once (each its own stream request), then read them phase by phase
+        and yield a `Preview` of the whole batch per phase: 1 … k, the last final.
+
+        Raises:
+            ServerError: a stream that skips, repeats or reorders a phase, or whose chunks disagree.
+        """
+        k = served.space.k
+        streams = []
+        for chunk in chunks:
+            request = StreamRequest(
+                model, chunk, output, settings.parameters(), fingerprint=served.fingerprint, phases=k
+            )
+            streams.append((yield request))
+        phase = 0
+        while phase < k:
+            answers = []
+            for open_stream in streams:
+                answers.append((yield StreamRead(open_stream)))
+            phases = sorted({number for number, _ in answers})
+            if phases != [phase + 1]:
+                raise ServerError(
+                    f"the {model} model answered phase {', '.join(map(str, phases))} after phase {phase} "
+                    f"(expected each of 1 … {k} in order)"
+                )
+            phase += 1
+            images = np.concatenate([part for _, part in answers]).astype(np.float32)
+            yield Preview(phase, images, final=phase == k)
+        return images
 
     @staticmethod
     def _groups(space: LatentSpace, groups: Groups) -> np.ndarray:
@@ -180,7 +241,9 @@ class Plans(Transport):
             raise ValueError(f"{single} takes one latent or image, got {len(latents)}")
         return latents
 
-    def _plan_decode(self, latents: Latents | np.ndarray, force: bool, wanted: Wanted) -> Plan[np.ndarray]:
+    def _plan_decode(
+        self, latents: Latents | np.ndarray, force: bool, wanted: Wanted, stream: bool = False
+    ) -> Plan[np.ndarray]:
         inputs: dict[str, np.ndarray] = {}
         base = None
         if isinstance(latents, Latents):
@@ -199,10 +262,16 @@ class Plans(Transport):
                 raise ValueError("latents contain NaN or infinity")
         settings = wanted.resolve(info, base)
         inputs = {LATENT: np.ascontiguousarray(values, dtype=np.float32), **inputs}
-        return (yield from self._plan_infer(DECODE, inputs, IMAGE, settings, info))
+        return (yield from self._plan_infer(DECODE, inputs, IMAGE, settings, info, stream))
 
     def _plan_mix(
-        self, a: LatentsOrImages, b: LatentsOrImages, groups: Groups, force: bool, wanted: Wanted
+        self,
+        a: LatentsOrImages,
+        b: LatentsOrImages,
+        groups: Groups,
+        force: bool,
+        wanted: Wanted,
+        stream: bool = False,
     ) -> Plan[np.ndarray]:
         info = yield from self._plan_model(a, b, force=force)
         chosen = self._groups(info.space, groups)
@@ -211,7 +280,7 @@ class Plans(Transport):
         if not isinstance(a, Latents) and not isinstance(b, Latents):  # the server's mix model
             xa, xb = _pair(to_model_images(a, info.space.shape), to_model_images(b, info.space.shape))
             inputs = {IMAGE_A: xa, IMAGE_B: xb, GROUPS: np.repeat(chosen[None], len(xa), axis=0)}
-            return (yield from self._plan_infer(MIX, inputs, IMAGE, wanted.resolve(info), info))
+            return (yield from self._plan_infer(MIX, inputs, IMAGE, wanted.resolve(info), info, stream))
         za = yield from self._plan_latents(a, force, wanted, info)
         zb = yield from self._plan_latents(b, force, wanted, info)
         if za.fingerprint != zb.fingerprint and not force:
@@ -220,7 +289,7 @@ class Plans(Transport):
             )
         va, vb = _pair(za.values, zb.values)
         mixed = za.replace(grouplat.mix(za.space, va, vb, chosen))
-        return (yield from self._plan_decode(mixed, force, wanted))
+        return (yield from self._plan_decode(mixed, force, wanted, stream))
 
     def _plan_interpolate(
         self,

@@ -7,27 +7,43 @@ every infer goes to the version there that serves the model the plan asked for. 
 failure (grouplat.client.transport.retryable) drops the connection, moves to the next endpoint and
 backs off; any other failure is raised as a ClientError at once. Every request of one method call
 carries the call's request id (`Transport._call_id`), and so does every ClientError it raises.
+
+Stream calls (`_stream`) run a plan lazily, as an iterator of the `Preview`s it yields (a
+generator under `Client`, an async generator under `AsyncClient`); the deadline counts from the
+call. Leaving the iterator early (break, close, an error) cancels every stream the call opened.
+Under `Client` each stream request gets its own connection (tritonclient's blocking client holds
+one stream at a time); under `AsyncClient` they share the endpoint's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import time
+from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from grouplat.client.errors import ClientError
+from grouplat.client.errors import ClientError, ServerError
 from grouplat.client.transport import (
+    STREAM_HEADERS,
     ConfigRequest,
     Deadline,
     Plan,
+    Preview,
     Request,
+    Stream,
+    StreamRead,
+    StreamRequest,
     T,
     Transport,
     retryable,
+    stream_deadline,
+    stream_error,
     with_request_id,
 )
 from grouplat.serving.contract import DECODE
@@ -53,6 +69,37 @@ class BlockingTransport(Transport):
             raise
         finally:
             plan.close()
+
+    def _stream(
+        self, plan: Plan[Any], timeout: float | None, request_id: str | None = None
+    ) -> Generator[Preview, None, None]:
+        """The previews of a stream plan, as an iterator (the deadline counts from now)."""
+        rid = self._call_id(request_id)
+        deadline = Deadline(self.timeout if timeout is None else timeout)
+        return self._previews(plan, rid, deadline)
+
+    def _previews(self, plan: Plan[Any], rid: str, deadline: Deadline) -> Generator[Preview, None, None]:
+        streams: list[Stream] = []
+        try:
+            request = next(plan)
+            while True:
+                if isinstance(request, Preview):
+                    yield request
+                    request = plan.send(None)
+                    continue
+                answer = self._call(self._stamp(request, rid), deadline)
+                if isinstance(answer, Stream):
+                    streams.append(answer)
+                request = plan.send(answer)
+        except StopIteration:
+            return
+        except ClientError as error:
+            with_request_id(error, rid)
+            raise
+        finally:
+            plan.close()
+            for stream in streams:  # cancels those not done: left early, failed or timed out
+                self._close_stream(stream)
 
     def _call(self, request: Request, deadline: Deadline) -> Any:
         tries = 0
@@ -81,6 +128,14 @@ class BlockingTransport(Transport):
             )
             self._check_endpoint(endpoint, answer["config"])
             return answer["config"]
+        if isinstance(request, StreamRequest):
+            stream = Stream(request)
+            self._open_stream(endpoint, stream, deadline)
+            return stream
+        if isinstance(request, StreamRead):
+            return self._read_stream(endpoint, request.stream, deadline)
+        if isinstance(request, Preview):
+            raise TypeError("a unary plan yielded a Preview")
         inputs, outputs = self._infer_inputs(grpcclient, request)
         result = connection.infer(
             request.model,
@@ -92,6 +147,72 @@ class BlockingTransport(Transport):
             parameters=request.parameters,
         )
         return self._output(result, request)
+
+    def _open_stream(self, endpoint: str, stream: Stream, deadline: Deadline) -> None:
+        """Send the stream's request on a connection of its own, its responses into a queue."""
+        request = stream.request
+        version = self._version_for(endpoint, request)
+        inputs, outputs = self._infer_inputs(grpcclient, request)
+        connection = grpcclient.InferenceServerClient(endpoint, **self._connection_args())
+        answers: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        stream.handle, stream.endpoint = (connection, answers), endpoint
+        try:
+            connection.start_stream(
+                callback=lambda result, error: answers.put((result, error)),
+                stream_timeout=max(deadline.remaining(), 1e-3),
+                headers=STREAM_HEADERS,
+            )
+            try:
+                connection.async_stream_infer(
+                    request.model,
+                    inputs,
+                    model_version=version,
+                    outputs=outputs,
+                    request_id=request.request_id,
+                    parameters=request.parameters,
+                )
+            except InferenceServerException as refused:
+                # The stream failed before the request went out (an endpoint that is down, …): the
+                # reason, with its status, comes through the callback.
+                try:
+                    _, error = answers.get(timeout=max(deadline.remaining(), 0.0))
+                except queue.Empty:
+                    raise refused from None
+                raise (refused if error is None else stream_error(error)) from None
+        except BaseException:
+            self._close_stream(stream)
+            raise
+
+    def _read_stream(self, endpoint: str, stream: Stream, deadline: Deadline) -> tuple[int, Any]:
+        """The stream's next new phase; reopened first after a failure or a move to `endpoint`."""
+        if stream.endpoint != endpoint:
+            self._close_stream(stream)
+            self._open_stream(endpoint, stream, deadline)
+        _, answers = stream.handle
+        while True:
+            try:
+                result, error = answers.get(timeout=max(deadline.remaining(), 0.0))
+            except queue.Empty:
+                self._close_stream(stream)
+                raise stream_deadline(deadline.seconds) from None
+            if error is not None:
+                self._close_stream(stream)
+                raise stream_error(error)
+            answer = self._stream_answer(result, stream)
+            if answer is not None:
+                return answer
+
+    @staticmethod
+    def _close_stream(stream: Stream) -> None:
+        """End the stream: cancelled (Triton cancels its request) unless its final answer came."""
+        if stream.handle is None:
+            return
+        connection, _ = stream.handle
+        stream.handle, stream.endpoint = None, ""
+        try:
+            connection.stop_stream(cancel_requests=not stream.final)
+        finally:
+            connection.close()
 
     def _drop(self, endpoint: str) -> None:
         connection = self._connections.pop(endpoint, None)
@@ -128,6 +249,37 @@ class AsyncTransport(Transport):
         finally:
             plan.close()
 
+    def _stream(
+        self, plan: Plan[Any], timeout: float | None, request_id: str | None = None
+    ) -> AsyncGenerator[Preview, None]:
+        """The previews of a stream plan, as an async iterator (the deadline counts from now)."""
+        rid = self._call_id(request_id)
+        deadline = Deadline(self.timeout if timeout is None else timeout)
+        return self._previews(plan, rid, deadline)
+
+    async def _previews(self, plan: Plan[Any], rid: str, deadline: Deadline) -> AsyncGenerator[Preview, None]:
+        streams: list[Stream] = []
+        try:
+            request = next(plan)
+            while True:
+                if isinstance(request, Preview):
+                    yield request
+                    request = plan.send(None)
+                    continue
+                answer = await self._call(self._stamp(request, rid), deadline)
+                if isinstance(answer, Stream):
+                    streams.append(answer)
+                request = plan.send(answer)
+        except StopIteration:
+            return
+        except ClientError as error:
+            with_request_id(error, rid)
+            raise
+        finally:
+            plan.close()
+            for stream in streams:  # cancels those not done: left early, failed or timed out
+                self._close_stream(stream)
+
     async def _call(self, request: Request, deadline: Deadline) -> Any:
         tries = 0
         while True:
@@ -157,6 +309,14 @@ class AsyncTransport(Transport):
             )
             self._check_endpoint(endpoint, answer["config"])
             return answer["config"]
+        if isinstance(request, StreamRequest):
+            stream = Stream(request)
+            self._open_stream(connection, endpoint, stream, deadline)
+            return stream
+        if isinstance(request, StreamRead):
+            return await self._read_stream(connection, endpoint, request.stream, deadline)
+        if isinstance(request, Preview):
+            raise TypeError("a unary plan yielded a Preview")
         inputs, outputs = self._infer_inputs(aioclient, request)
         result = await connection.infer(
             request.model,
@@ -168,6 +328,63 @@ class AsyncTransport(Transport):
             parameters=request.parameters,
         )
         return self._output(result, request)
+
+    def _open_stream(self, connection: Any, endpoint: str, stream: Stream, deadline: Deadline) -> None:
+        """Start the stream's gRPC call: one request, then the responses (read by `_read_stream`)."""
+        request = stream.request
+        version = self._version_for(endpoint, request)
+        inputs, outputs = self._infer_inputs(aioclient, request)
+        message = {
+            "model_name": request.model,
+            "inputs": inputs,
+            "outputs": outputs,
+            "model_version": version,
+            "request_id": request.request_id,
+            "parameters": request.parameters,
+        }
+
+        async def one() -> AsyncGenerator[dict[str, Any], None]:
+            yield message
+
+        stream.handle = connection.stream_infer(
+            one(), stream_timeout=max(deadline.remaining(), 1e-3), headers=STREAM_HEADERS
+        )
+        stream.endpoint = endpoint
+
+    async def _read_stream(
+        self, connection: Any, endpoint: str, stream: Stream, deadline: Deadline
+    ) -> tuple[int, Any]:
+        """The stream's next new phase; reopened first after a failure or a move to `endpoint`."""
+        if stream.endpoint != endpoint:
+            self._close_stream(stream)
+            self._open_stream(connection, endpoint, stream, deadline)
+        while True:
+            try:
+                left = max(deadline.remaining(), 0.0)
+                result, error = await asyncio.wait_for(stream.handle.__anext__(), left)
+            except asyncio.TimeoutError:
+                self._close_stream(stream)
+                raise stream_deadline(deadline.seconds) from None
+            except grpc.aio.AioRpcError as e:
+                self._close_stream(stream)
+                raise InferenceServerException(str(e.details()), status=str(e.code())) from None
+            except StopAsyncIteration:
+                self._close_stream(stream)
+                model = stream.request.model
+                raise ServerError(f"the {model} stream ended before its final response") from None
+            if error is not None:
+                self._close_stream(stream)
+                raise stream_error(error)
+            answer = self._stream_answer(result, stream)
+            if answer is not None:
+                return answer
+
+    @staticmethod
+    def _close_stream(stream: Stream) -> None:
+        """End the stream: cancelled (Triton cancels its request) unless its final answer came."""
+        call, stream.handle, stream.endpoint = stream.handle, None, ""
+        if call is not None and not stream.final:
+            call.cancel()
 
     async def _drop(self, endpoint: str) -> None:
         connection = self._connections.pop(endpoint, None)

@@ -15,6 +15,16 @@ the shared steps of `Transport`:
 - a request id on every infer (Triton's `ModelInferRequest.id`): the caller's, or a fresh uuid4
   hex per method call, shared by all its requests and retries. The server names it in its errors
   and log lines (`[request <id>]`); every ClientError of the call carries it as `request_id`.
+
+Streams (the decoupled `decode_stream` / `mix_stream` models): a plan yields a `StreamRequest`,
+answered with an open `Stream`; then a `StreamRead` per response it wants, answered with that
+response's (phase, images); and a `Preview` for each result it hands the caller, which the runner
+passes on (a stream call's runner is an iterator). Each stream request is its own gRPC stream,
+opened with Triton's `triton_grpc_error` header, so an error ends it with a gRPC status that is
+translated like a unary one. A retryable failure reopens the stream (at the next endpoint) and
+skips the phases already read: every model is deterministic. A stream left before its final
+response (the caller stopped iterating, an error, the deadline) is cancelled, and Triton cancels
+its request.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Generator, Sequence
@@ -40,12 +51,15 @@ from grouplat.client.errors import (
     ServerUnavailableError,
 )
 from grouplat.client.served import newest, version_fingerprints
+from grouplat.serving.contract import PHASE
 
 DEFAULT_SERVER = "127.0.0.1:8001"
 SERVER_ENV = "GROUPLAT_SERVER"  # "host:port" or a comma-separated list of endpoints
 DEFAULT_TIMEOUT = 120.0  # seconds for one method call, retries included
 MIN_ATTEMPT = 0.05  # seconds: no retry is started with less time than this left
 UNLOADING = "has no available versions"  # Triton's NOT_FOUND message while a model unloads
+# Triton ≥ 24.08 (2.49): with this header a stream error ends the stream with its gRPC status.
+STREAM_HEADERS = {"triton_grpc_error": "true"}
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
@@ -157,13 +171,83 @@ class InferRequest:
     fingerprint: str = ""
 
 
-Request = ConfigRequest | InferRequest
+@dataclass(frozen=True)
+class StreamRequest(InferRequest):
+    """Run a decoupled model on one batch as its own gRPC stream (answered with the open `Stream`).
+
+    `output` is the images; each response also carries `PHASE`, the groups decoded so far; the one
+    with PHASE = `phases` (the model's k) is the last.
+    """
+
+    phases: int = 0
+
+
+class Stream:
+    """One open stream request, a runner's handle: the request, where it runs, the last phase read."""
+
+    def __init__(self, request: StreamRequest) -> None:
+        self.request = request
+        self.phase = 0  # the last phase read (a reopened stream skips those up to it)
+        self.final = False  # the final response was read: closing it cancels nothing
+        self.endpoint = ""  # where it is open; "" when closed (the next read reopens it)
+        self.handle: Any = None  # the runner's: its connection and response queue, or its call
+
+
+@dataclass(frozen=True)
+class StreamRead:
+    """The next response of an open stream (answered with `(phase, images)`)."""
+
+    stream: Stream
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One response of a stream call: the images as they stand after `phase` groups are decoded.
+
+    Phases run 1 … k (the model's number of groups); the previews 1 … k − 1 show the groups decoded
+    so far with the rest at the data mean, and the last (`final`, phase k) is exactly what the unary
+    method returns. `images` is float32 [B, C, H, W] in [-1, 1], the whole batch.
+    """
+
+    phase: int
+    images: np.ndarray
+    final: bool
+
+
+Request = ConfigRequest | InferRequest | StreamRead | Preview
 Plan = Generator[Request, Any, T]
 
 
 def status(error: InferenceServerException) -> str:
     """The gRPC status name of a tritonclient error ("UNAVAILABLE", …)."""
     return str(error.status() or "").removeprefix("StatusCode.")
+
+
+# Triton refuses some stream requests before any model sees them, with a message and no status
+# (even with STREAM_HEADERS): an unknown model or version, inputs that do not fit the config.
+_NOT_FOUND = re.compile(r" is not found|" + UNLOADING)
+_BAD_INPUT = re.compile(r"\b(unexpected|expected)\b.*\b(input|inputs|output|shape)\b|\bdata.type\b", re.I)
+
+
+def stream_error(error: InferenceServerException) -> InferenceServerException:
+    """A stream's error with a gRPC status: its own, or, for Triton's status-less refusals,
+    the status Triton gives the same refusal of a unary request (NOT_FOUND, INVALID_ARGUMENT)."""
+    if error.status():
+        return error
+    message = str(error.message())
+    code = ""
+    if _NOT_FOUND.search(message):
+        code = "NOT_FOUND"
+    elif _BAD_INPUT.search(message):
+        code = "INVALID_ARGUMENT"
+    return InferenceServerException(message, status=f"StatusCode.{code}" if code else None)
+
+
+def stream_deadline(seconds: float) -> InferenceServerException:
+    """The error of a stream read that ran out of the call's time."""
+    return InferenceServerException(
+        f"no stream response within the {seconds:g} s deadline", status="StatusCode.DEADLINE_EXCEEDED"
+    )
 
 
 def retryable(error: InferenceServerException) -> bool:
@@ -244,7 +328,12 @@ class Transport:
 
     def _needs_check(self, endpoint: str, request: Request) -> bool:
         """A new endpoint (after fail-over) is asked for its versions before it gets an infer."""
-        return endpoint not in self._versions and isinstance(request, InferRequest)
+        return endpoint not in self._versions and isinstance(request, InferRequest | StreamRead)
+
+    @staticmethod
+    def _subject(request: Request) -> Request:
+        """The request an error or log line names: a stream read's own stream request."""
+        return request.stream.request if isinstance(request, StreamRead) else request
 
     def _check_endpoint(self, endpoint: str, config: dict[str, Any]) -> None:
         """Learn the versions an endpoint serves (its infers are checked by `_version_for`)."""
@@ -278,7 +367,8 @@ class Transport:
             tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        return inputs, [module.InferRequestedOutput(request.output)]
+        names = [request.output, PHASE] if isinstance(request, StreamRequest) else [request.output]
+        return inputs, [module.InferRequestedOutput(name) for name in names]
 
     @staticmethod
     def _output(result: Any, request: InferRequest) -> np.ndarray:
@@ -287,10 +377,24 @@ class Transport:
             raise ServerError(f"the {request.model} model answered without output {request.output}")
         return np.asarray(out)
 
+    def _stream_answer(self, result: Any, stream: Stream) -> tuple[int, np.ndarray] | None:
+        """A stream response's (phase, images); None for a phase already read (a reopened stream)."""
+        request = stream.request
+        images = self._output(result, request)
+        phases = result.as_numpy(PHASE)
+        if phases is None or phases.size == 0 or (phases != phases.flat[0]).any():
+            raise ServerError(f"the {request.model} model answered without one {PHASE} for its images")
+        phase = int(phases.flat[0])
+        if phase <= stream.phase:
+            return None
+        stream.phase, stream.final = phase, phase >= request.phases
+        return phase, images
+
     def _after_unavailable(
         self, error: InferenceServerException, tries: int, deadline: Deadline, request: Request | None = None
     ) -> float:
         """Move to the next endpoint; return how long to wait first, or raise when out of time."""
+        request = None if request is None else self._subject(request)
         self.retries += 1
         failed = self.endpoints[self._current]
         self._current = (self._current + 1) % len(self.endpoints)
@@ -319,7 +423,9 @@ class Transport:
         error: InferenceServerException, endpoint: str, request: Request, deadline: Deadline
     ) -> ClientError:
         code, message = status(error), error.message()
-        what = f"{request.model} {'request' if isinstance(request, InferRequest) else 'config request'}"
+        request = Transport._subject(request)
+        model = request.model if isinstance(request, ConfigRequest | InferRequest) else "stream"
+        what = f"{model} {'request' if isinstance(request, InferRequest) else 'config request'}"
         if code == "INVALID_ARGUMENT":
             return InvalidRequestError(f"the server at {endpoint} refused the {what}: {message}")
         if code == "DEADLINE_EXCEEDED":
