@@ -2,11 +2,16 @@
 
     grouplat encode a.png b.png -o ab.latent
     grouplat decode ab.latent -o ab.png                        # ab-0.png, ab-1.png for two latents
+    grouplat decode ab.latent -o ab.png --previews steps/      # + steps/phase-1.png … phase-k.png
     grouplat mix a.png b.png --groups 1 -o c.png               # S1 of b into a (Fig. 6)
     grouplat traverse a.png --index 0:1 --values -3:3:7 -o t.png        # Fig. 7 (one row per --index)
     grouplat interpolate a.png b.png --group 1 -n 8 -o i.png  # Fig. 4
     grouplat variations a.png --keep 1,2 -n 8 -o v.png        # Fig. 9
     grouplat reconstruct a.png --keep 30,100,500 -o r.png     # Fig. 5 (one column per --keep value)
+
+`decode` and `mix` with `--previews DIR` run on the stream models and also write the image as it
+stands after each group's phase, S1 first: DIR/phase-<j>.png for j = 1 … k (a row of the batch when
+there are several images; phase k is the output).
 
 Inputs ending in `.latent` are latent codes (from `grouplat encode`), anything else an image file.
 The server is `--server`, else $GROUPLAT_SERVER, else 127.0.0.1:8001 (comma-separate several
@@ -20,7 +25,7 @@ import argparse
 import dataclasses
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ from grouplat.client.client import Client
 from grouplat.client.errors import ClientError
 from grouplat.client.images import grid, load_image, save_image
 from grouplat.client.latents import DTYPES, Latents
-from grouplat.client.transport import DEFAULT_SERVER, DEFAULT_TIMEOUT, SERVER_ENV
+from grouplat.client.transport import DEFAULT_SERVER, DEFAULT_TIMEOUT, SERVER_ENV, Preview
 
 COMMANDS = ("encode", "decode", "mix", "traverse", "interpolate", "variations", "reconstruct")
 LATENT_SUFFIX = ".latent"
@@ -118,6 +123,18 @@ def _write(images: np.ndarray, output: str) -> list[str]:
     return names
 
 
+def _write_previews(previews: Iterable[Preview], folder: str) -> tuple[np.ndarray, list[str]]:
+    """Each phase's images to `folder`/phase-<j>.png (a row for several); the final images."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    written, images = [], np.zeros((0,), np.float32)
+    for preview in previews:
+        images = preview.images
+        name = str(Path(folder) / f"phase-{preview.phase}.png")
+        save_image(images[0] if len(images) == 1 else grid(images), name)
+        written.append(name)
+    return images, written
+
+
 def _write_grid(images: np.ndarray, output: str) -> list[str]:
     """[R, N, C, H, W] (or [N, C, H, W], one row) as one picture."""
     save_image(grid(images), output)
@@ -137,11 +154,19 @@ def cmd_encode(client: Client, args: argparse.Namespace) -> list[str]:
 
 def cmd_decode(client: Client, args: argparse.Namespace) -> list[str]:
     latents = Latents.load(args.latent)
+    if args.previews:
+        stream = client.decode_stream(latents, force=args.force, **_settings(args))
+        images, written = _write_previews(stream, args.previews)
+        return written + _write(images, args.output)
     return _write(client.decode(latents, force=args.force, **_settings(args)), args.output)
 
 
 def cmd_mix(client: Client, args: argparse.Namespace) -> list[str]:
     a, b = _input(client, args.a, args), _input(client, args.b, args)
+    if args.previews:
+        stream = client.mix_stream(a, b, args.groups, force=args.force, **_settings(args))
+        images, written = _write_previews(stream, args.previews)
+        return written + _write(images, args.output)
     return _write(client.mix(a, b, args.groups, force=args.force, **_settings(args)), args.output)
 
 
@@ -220,6 +245,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="decode latents of another model anyway")
 
 
+def _previews_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--previews",
+        default=None,
+        metavar="DIR",
+        help="also write the image after each group's phase to DIR/phase-<j>.png, j = 1 … k "
+        "(the stream models; a row per phase for several images)",
+    )
+
+
 Command = Callable[[Client, argparse.Namespace], list[str]]
 
 
@@ -244,12 +279,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = _add(subparsers, "decode", cmd_decode, "decode a latent code file into images")
     p.add_argument("latent", metavar="LATENT", help=".latent file")
     p.add_argument("-o", "--output", required=True, help="image to write (several: OUT-<i>.png)")
+    _previews_option(p)
 
     p = _add(subparsers, "mix", cmd_mix, "take groups of B into A (Fig. 6)")
     p.add_argument("a", metavar="A", help="image or .latent")
     p.add_argument("b", metavar="B", help="image or .latent (the reference)")
     p.add_argument("--groups", type=parse_ints, required=True, help="groups taken from B, e.g. 1 or 1,2")
     p.add_argument("-o", "--output", required=True, help="image to write")
+    _previews_option(p)
 
     p = _add(subparsers, "traverse", cmd_traverse, "sweep latent elements over values: a grid (Fig. 7)")
     p.add_argument("input", metavar="IMG", help="image or .latent")
