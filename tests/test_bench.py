@@ -89,3 +89,18 @@ def test_parse_variant():
     for bad in ("x:no_such_field=1", "x:threads", ":threads=2"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_variant(bad)
+
+
+def test_quick_scheduler_bench_compares_both_paths(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-0000001")
+    out = tmp_path / "scheduler.json"
+    command = [sys.executable, "-m", "grouplat.tools.bench", "--quick", "--scheduler", "--checkpoint",
+               str(checkpoint), "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for path in ("step", "request"):
+        assert report[path]["single_s"] > 0 and report[path]["throughput_ratio"] > 0
+    reuse = [v for v in report["reuse"].values() if isinstance(v, dict)]
+    assert len(reuse) == 3 and all(r["bit_identical"] for r in reuse)
+    assert 0 < report["preview"]["ratio"] < 1 and "First preview" in result.stdout

@@ -60,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--no-p4", action="store_true", help="skip P4 even with a checkpoint")
     p.add_argument(
+        "--scheduler",
+        action="store_true",
+        help="instead of the table: the step scheduler vs the request path (latency, a mixed load of "
+        "8 clients, reuse of coarse phases, time to the first preview), the demo net",
+    )
+    p.add_argument(
         "--soak",
         type=float,
         metavar="SECONDS",
@@ -72,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.scheduler:  # its own load: before the table's defaults fill in --seconds
+        return run_scheduler(args)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -117,6 +125,22 @@ def run(args: argparse.Namespace) -> int:
     results["ratios"] = headline(results, next(iter(variants)), args.load_ops)
     text = report(results)
     print(text)
+    Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"\nwritten {args.out} ({results['seconds']:.0f} s)")
+    return 0
+
+
+def run_scheduler(args: argparse.Namespace) -> int:
+    from grouplat.tools.bench.scheduler import bench_scheduler, scheduler_report
+
+    progress("scheduler: step vs request path on the demo net")
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(), "load_average": {"start": os.getloadavg()}}
+    seconds, clients, repeats = (2.0, 4, 2) if args.quick else (args.seconds or 20.0, 8, 7)
+    results.update(bench_scheduler(load_net("demo", args.checkpoint), seconds, clients, repeats))
+    results["load_average"]["end"] = os.getloadavg()
+    results["seconds"] = time.perf_counter() - started
+    print(scheduler_report(results))
     Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(f"\nwritten {args.out} ({results['seconds']:.0f} s)")
     return 0
