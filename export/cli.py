@@ -32,6 +32,13 @@ def register(subparsers: Any) -> None:
         "embedded server; onnx / tensorrt: native backends of the NGC container",
     )
     p.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default=None,
+        help="where the velocity engine runs (instance kinds, ONNX Runtime providers); default: gpu when "
+        "this host has one (ONNX Runtime's CUDA provider or torch.cuda), else cpu",
+    )
+    p.add_argument(
         "--velocity-call",
         choices=CALL_MODES,
         default=d.velocity_call,
@@ -63,6 +70,23 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def host_device() -> str:
+    """gpu when this host can run the engine on one (ONNX Runtime's CUDA provider, or torch.cuda)."""
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "gpu"
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
 def run(args: argparse.Namespace) -> int:
     from grouplat.export.engine import ParityError, check_parity, export_onnx, model_info
     from grouplat.export.repository import ServingOptions, write_repository
@@ -72,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     options = ServingOptions(
         engine=args.engine,
+        device=args.device or host_device(),
         velocity_call=args.velocity_call,
         generate_schedule=args.generate_schedule,
         steps=args.steps,
@@ -102,6 +127,6 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     print(
         f"grouplat: exported {checkpoint.path} (fingerprint {info.fingerprint[:12]}…) as version {version} "
-        f"of {args.repository} [{args.engine}, ONNX parity {error:.1e}, {seconds:.1f} s]"
+        f"of {args.repository} [{args.engine} on {options.device}, ONNX parity {error:.1e}, {seconds:.1f} s]"
     )
     return 0

@@ -75,6 +75,7 @@ def write_repository(
     engine = {
         c.VERSION_PARAM: grouplat.__version__,
         c.THREADS_PARAM: str(options.threads),
+        c.DEVICE_PARAM: options.device,
         c.SPINNING_PARAM: str(int(options.spinning)),
         c.MAX_COST_PARAM: str(options.max_cost),
         c.SCHEDULING_PARAM: options.scheduling,

@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
         "--baseline", default=str(MODELS / "shapes32-scalar"), help="scalar-schedule checkpoint (Fig. 1)"
     )
     p.add_argument("--gmm", default=str(MODELS / "gmm2d"), help="2-D Gaussian mixture checkpoint (Fig. 2a)")
+    p.add_argument(
+        "--quadrants", default=str(MODELS / "shapes32-quadrants"), help="pixel-basis quadrant model (Fig. 2b)"
+    )
     p.add_argument("--steps", type=int, help="ODE steps per request (default: the model's)")
     p.add_argument("--quick", action="store_true", help="fewer images and steps (for tests)")
     p.set_defaults(handler=run)
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     n = 4 if args.quick else 8
     started = time.perf_counter()
     figures: list[Path] = []
-    bar = tqdm(total=10, unit="step", desc="grouplat demo")  # the repository, then 9 figures
+    bar = tqdm(total=11, unit="step", desc="grouplat demo")  # the repository, then 10 figures
 
     def save(name: str, rows: np.ndarray) -> None:
         picture = grid(rows)
@@ -142,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         gmm_figure(args.gmm, out / "fig2a_gmm.png", 512 if args.quick else 2048)
         figures.append(out / "fig2a_gmm.png")
         bar.update(1)
+        save("fig2b_quadrants.png", quadrant_figure(args.quadrants, 3 if args.quick else 6))
     bar.close()
     print(f"grouplat demo: {len(figures)} figures in {out}/ ({time.perf_counter() - started:.0f} s)")
     for path in figures:
@@ -258,3 +262,31 @@ def gmm_figure(path: str, target: Path, n: int) -> None:
         for x, y in np.clip((xy + 2.5) / 5, 0, 1) * (size - 1):  # the mixture lies on the unit circle
             draw.point((left + float(x), size - 1 - float(y)), fill=(200, 40, 40))
     picture.save(target)
+
+
+def quadrant_figure(path: str, n: int) -> np.ndarray:
+    """Fig. 2b: pixel groups (the image's quadrants, S1 top-left). Rows: one latent each; columns:
+    the image after each quadrant's decode phase (the quadrants still to come at the data mean),
+    then the final image with quadrant S1 taken from the next row's latent."""
+    from grouplat.export.engine import onnx_velocity
+    from grouplat.settings import default_generate_schedule
+    from grouplat.training.checkpoint import load_checkpoint
+
+    model = load_checkpoint(path)
+    space, engine = model.space, onnx_velocity(model)
+    schedule = default_generate_schedule(space.k, model.schedule)
+    z = np.random.default_rng(7).standard_normal((n, *space.latent_shape)).astype(np.float32)
+    solve: dict[str, Any] = dict(space=space, schedule=schedule, steps=[8] * space.k, solver="gei2m",
+                 std=model.data_std, mean=model.data_mean, hide=model.hide)  # fmt: skip
+    ends = set(np.round(schedule.start, 9))  # decode runs t from 1 to 0: phase j ends at s_j
+    decoded: list[np.ndarray] = []
+    order = sorted(range(space.k), key=lambda j: -schedule.start[j])  # decode order: S1 first
+
+    def snapshot(step: int, t: float, x: np.ndarray) -> None:
+        if round(t, 9) in ends:
+            done = np.isin(space.group_of, order[: len(decoded) + 1])
+            decoded.append(space.from_latent(np.where(done, x, model.data_mean)))
+
+    grouplat.decode(engine, z, callback=snapshot, **solve)
+    mixed = grouplat.decode(engine, grouplat.mix(space, z, np.roll(z, -1, axis=0), [1]), **solve)
+    return np.clip(np.stack([*decoded, mixed], axis=1), -1, 1)

@@ -63,7 +63,8 @@ def register(subparsers: Any) -> None:
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="starting configuration: shapes32 (the demo model, default), gmm2d (Fig. 2a), "
+        help="starting configuration: shapes32 (the demo model, default), shapes32-scalar (its "
+        "one-group baseline), shapes32-quadrants (pixel groups, Fig. 2b), gmm2d (Fig. 2a), "
         "ffhq64 (the paper's DDPM++ 64×64 recipe, for GPUs; needs --data)",
     )
     flag(

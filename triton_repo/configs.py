@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from grouplat.modelinfo import ModelInfo
 from grouplat.serving import contract as c
+from grouplat.serving.engines import DEVICES
 from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS
 from grouplat.solvers import SOLVERS
 
@@ -33,6 +34,7 @@ class ServingOptions:
     """What the configs say beyond the model itself; each has a CLI flag in `grouplat export`."""
 
     engine: str = "python"  # python: ORT in the embedded server; onnx / tensorrt: native NGC backends
+    device: str = "cpu"  # cpu | gpu: where the velocity engine runs (instance kinds, ORT providers)
     velocity_call: str = "inprocess"  # how orchestrators call the engine: inprocess or bls
     generate_schedule: str | None = None  # default generation schedule; None: the paper's for k=4
     steps: int = DEFAULT_STEPS  # default steps per request
@@ -58,6 +60,10 @@ class ServingOptions:
             )
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}: expected one of {', '.join(SOLVERS)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        if self.engine == "tensorrt" and self.device != "gpu":
+            raise ValueError("a TensorRT engine runs on a GPU only: use --device gpu (or --engine onnx)")
         if self.velocity_call == "inprocess" and self.engine == "tensorrt":
             raise ValueError(
                 "in-process velocity calls run ONNX Runtime; use --velocity-call bls with tensorrt"
@@ -70,7 +76,14 @@ class ServingOptions:
 
 def velocity_config(info: ModelInfo, options: ServingOptions, params: dict[str, str]) -> str:
     """The `velocity` model's config.pbtxt (the engine, with a zero-data warm-up)."""
-    config = _base(c.VELOCITY, options.max_batch, options.velocity_instances, options.queue_delay_us, params)
+    config = _base(
+        c.VELOCITY,
+        options.max_batch,
+        options.velocity_instances,
+        options.queue_delay_us,
+        params,
+        options.device,
+    )
     if options.engine == "python":
         config.backend = "python"
     else:
@@ -91,12 +104,16 @@ def orchestrator_config(
 ) -> str:
     """The config.pbtxt of one Python-backend orchestrator (`encode`, `decode`, `mix`, or a
     decoupled stream: `decode_stream`, `mix_stream`, which also answer PHASE)."""
+    # In-process calls put the engine inside the orchestrator: it needs the GPU then; BLS callers
+    # only run numpy and stay on the CPU.
+    inprocess_gpu = options.device == "gpu" and options.velocity_call == "inprocess"
     config = _base(
         operation,
         options.request_batch,
         options.orchestrator_instances,
         options.queue_delay_us,
         {**params, c.OPERATION_PARAM: operation},
+        "gpu" if inprocess_gpu else "cpu",
     )
     config.backend = "python"
     image, latent = list(info.space.shape), [info.space.channels, info.space.size]
@@ -114,11 +131,17 @@ def orchestrator_config(
 
 
 def _base(
-    name: str, max_batch: int, instances: int, queue_delay_us: int, params: dict[str, str]
+    name: str,
+    max_batch: int,
+    instances: int,
+    queue_delay_us: int,
+    params: dict[str, str],
+    device: str = "cpu",
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, max_batch_size=max_batch)
     config.version_policy.all.SetInParent()  # every version loads: two models can serve side by side
-    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.Kind.KIND_CPU)
+    kind = mc.ModelInstanceGroup.Kind.KIND_GPU if device == "gpu" else mc.ModelInstanceGroup.Kind.KIND_CPU
+    config.instance_group.add(count=instances, kind=kind)  # Triton's TensorRT backend refuses KIND_CPU
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     for key, value in params.items():
         config.parameters[key].string_value = value

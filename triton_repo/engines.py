@@ -26,27 +26,52 @@ import numpy as np
 from grouplat.serving.contract import LEVELS, VELOCITY, X_T, U
 
 logger = logging.getLogger(__name__)
+DEVICES = ("cpu", "gpu")
 
 
 class OnnxVelocity:
-    """The velocity engine in-process: ONNX Runtime on the CPU (or the providers given)."""
+    """The velocity engine in-process: ONNX Runtime on the CPU, or on a GPU through its CUDA (and,
+    when asked, TensorRT) execution provider. A GPU that is asked for but not there is an error,
+    never a silent run on the CPU; `provider` says which provider runs the graph."""
 
     def __init__(
         self,
         model: str | Path | bytes,
         threads: int = 1,
         spinning: bool = False,
-        providers: Sequence[str] = (),
+        device: str = "cpu",  # cpu | gpu
+        device_id: int = 0,  # the GPU (Triton's model_instance_device_id)
+        tensorrt: bool = False,  # gpu: ONNX Runtime's TensorRT provider first (it falls back to CUDA)
     ) -> None:
         import onnxruntime as ort
 
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # Spin-waiting threads steal the cores that other instances need (measured: issue 4).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device == "gpu":
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise RuntimeError(
+                    f"device gpu was asked for, but ONNX Runtime {ort.__version__} has no CUDA provider "
+                    f"(providers: {', '.join(available)}): install onnxruntime-gpu on a host with a GPU, "
+                    "or export with --device cpu"
+                )
+            cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+            trt = ("TensorrtExecutionProvider", {"device_id": device_id, "trt_engine_cache_enable": True})
+            providers = [*([trt] if tensorrt and "TensorrtExecutionProvider" in available else []), cuda]
         source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, options, providers=list(providers) or None)
+        self.session = ort.InferenceSession(source, options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        if device == "gpu" and self.provider == "CPUExecutionProvider":
+            raise RuntimeError(
+                f"ONNX Runtime could not place the engine on GPU {device_id}: it fell back to the CPU"
+            )
+        logger.info("velocity engine: ONNX Runtime %s on %s", ort.__version__, self.provider)
 
     def __call__(self, x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
         return self.session.run([U], {X_T: x_t, LEVELS: levels})[0]

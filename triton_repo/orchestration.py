@@ -218,7 +218,9 @@ def orchestrator_from_triton(args: dict[str, str], pb_utils: Any) -> tuple[Orche
     elif mode == "inprocess":
         engine = model_dir.parent / velocity_model / version / "model.onnx"
         threads = int(params.get(c.THREADS_PARAM, "1"))
-        velocity = OnnxVelocity(engine, threads, params.get(c.SPINNING_PARAM, "0") == "1")
+        spinning = params.get(c.SPINNING_PARAM, "0") == "1"
+        device_id = int(args.get("model_instance_device_id", "0") or 0)
+        velocity = OnnxVelocity(engine, threads, spinning, params.get(c.DEVICE_PARAM, "cpu"), device_id)
     else:
         raise ValueError(f"velocity_call must be one of {c.CALL_MODES}, got {mode!r}")
     defaults = GenerationSettings(

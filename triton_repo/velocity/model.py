@@ -17,7 +17,9 @@ class TritonPythonModel:
         engine = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         threads = int(params.get(contract.THREADS_PARAM, "1"))
         spinning = params.get(contract.SPINNING_PARAM, "0") == "1"
-        self.engine = engines.OnnxVelocity(engine, threads, spinning)
+        device = params.get(contract.DEVICE_PARAM, "cpu")
+        device_id = int(args.get("model_instance_device_id", "0") or 0)
+        self.engine = engines.OnnxVelocity(engine, threads, spinning, device, device_id)
 
     def execute(self, requests):
         return engines.answer_velocity(pb_utils, requests, self.engine)

@@ -1,0 +1,70 @@
+"""The GPU deployment path, as far as a CPU host can check it: the configs of every engine ×
+device combination are ones the Triton backends accept, and a GPU that is asked for but absent
+is a clear error — never a silent run on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_oracle, oracle_repository_at
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+import grouplat
+from grouplat.export.oracle import oracle_info, oracle_onnx
+from grouplat.export.repository import ServingOptions
+from grouplat.serving import contract as c
+from grouplat.serving.configs import orchestrator_config, velocity_config
+from grouplat.serving.engines import OnnxVelocity
+from grouplat.serving.server import EmbeddedServer
+
+INFO = oracle_info(make_oracle(), grouplat.Schedule.from_cuts(grouplat.PAPER_TRAIN))
+GPU, CPU = mc.ModelInstanceGroup.Kind.KIND_GPU, mc.ModelInstanceGroup.Kind.KIND_CPU
+
+
+def parse(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+@pytest.mark.parametrize("engine", ["python", "onnx", "tensorrt"])
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+@pytest.mark.parametrize("call", ["inprocess", "bls"])
+def test_every_engine_and_device_gets_a_config_its_backend_accepts(
+    engine: str, device: str, call: str
+) -> None:
+    options = ServingOptions(engine=engine, device=device, velocity_call=call)
+    if engine == "tensorrt" and (device == "cpu" or call == "inprocess"):
+        with pytest.raises(ValueError, match="GPU only|bls"):
+            options.check(INFO.space.k)
+        return
+    options.check(INFO.space.k)
+    velocity = parse(velocity_config(INFO, options, {c.DEVICE_PARAM: device}))
+    kinds = {group.kind for group in velocity.instance_group}
+    assert kinds == {GPU if device == "gpu" else CPU}  # Triton's TensorRT backend refuses KIND_CPU
+    assert (velocity.backend, velocity.platform) == {
+        "python": ("python", ""),
+        "onnx": ("", "onnxruntime_onnx"),
+        "tensorrt": ("", "tensorrt_plan"),
+    }[engine]
+    for operation in c.ORCHESTRATORS:
+        config = parse(orchestrator_config(INFO, options, operation, {}))
+        assert config.backend == "python"
+        # the engine runs inside the orchestrator only for in-process calls: then it needs the GPU
+        expected = GPU if device == "gpu" and call == "inprocess" else CPU
+        assert {group.kind for group in config.instance_group} == {expected}
+        assert config.model_transaction_policy.decoupled == (operation in c.STREAMS)
+
+
+def test_asking_for_a_gpu_without_one_is_a_clear_error(tmp_path: Path) -> None:
+    onnx_model = oracle_onnx(make_oracle()).SerializeToString()
+    with pytest.raises(RuntimeError, match="no CUDA provider.*onnxruntime-gpu"):
+        OnnxVelocity(onnx_model, device="gpu")
+    assert OnnxVelocity(onnx_model).provider == "CPUExecutionProvider"
+    repository = oracle_repository_at(tmp_path / "repo", ServingOptions(device="gpu"))
+    with pytest.raises(RuntimeError, match="KIND_GPU but no GPUs are available"):
+        EmbeddedServer(repository, startup_timeout=120).start()
+    assert np.isfinite(
+        OnnxVelocity(onnx_model)(np.zeros((1, 3, 16, 16), np.float32), np.zeros((1, 4), np.float32))
+    ).all()
