@@ -35,8 +35,8 @@ def register(subparsers: Any) -> None:
         "--device",
         choices=("cpu", "gpu"),
         default=None,
-        help="where the velocity engine runs (instance kinds, ONNX Runtime providers); default: gpu when "
-        "this host has one (ONNX Runtime's CUDA provider or torch.cuda), else cpu",
+        help="where the velocity engine runs (instance kinds, ONNX Runtime providers); default: gpu for "
+        "tensorrt or when this host has one (ONNX Runtime's CUDA provider or torch.cuda), else cpu",
     )
     p.add_argument(
         "--velocity-call",
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     options = ServingOptions(
         engine=args.engine,
-        device=args.device or host_device(),
+        device=args.device or ("gpu" if args.engine == "tensorrt" else host_device()),
         velocity_call=args.velocity_call,
         generate_schedule=args.generate_schedule,
         steps=args.steps,

@@ -155,6 +155,8 @@ def test_tensorrt_without_tensorrt_or_gpu_says_so(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "TensorRT is not installed" in err or "no CUDA GPU" in err
     assert not (tmp_path / "repo").exists()
+    assert grouplat_main([*args, "--device", "cpu"]) == 2
+    assert "runs on a GPU only" in capsys.readouterr().err
 
 
 def test_released_checkpoint_keeps_the_model_without_the_raw_weights(checkpoint, tmp_path):
