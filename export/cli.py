@@ -29,7 +29,8 @@ def register(subparsers: Any) -> None:
         choices=ENGINES,
         default=d.engine,
         help="python: ONNX Runtime inside the "
-        "embedded server; onnx / tensorrt: native backends of the NGC container",
+        "embedded server; onnx / tensorrt: native backends of the NGC container; torch: the PyTorch "
+        "network in the Python backend (CUDA graphs on a GPU; needs --velocity-call bls)",
     )
     p.add_argument(
         "--device",
@@ -37,6 +38,9 @@ def register(subparsers: Any) -> None:
         default=None,
         help="where the velocity engine runs (instance kinds, ONNX Runtime providers); default: gpu for "
         "tensorrt or when this host has one (ONNX Runtime's CUDA provider or torch.cuda), else cpu",
+    )
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default=d.precision, help="torch engine: autocast"
     )
     p.add_argument(
         "--velocity-call",
@@ -97,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     options = ServingOptions(
         engine=args.engine,
         device=args.device or ("gpu" if args.engine == "tensorrt" else host_device()),
+        precision=args.precision,
         velocity_call=args.velocity_call,
         generate_schedule=args.generate_schedule,
         steps=args.steps,
@@ -118,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         plan, record = None, None
         if args.engine == "tensorrt":
             plan, record = build_plan(onnx_model, info, args.max_batch)
-        version = write_repository(args.repository, info, onnx_model, options, args.version, args.force, plan)
+        version = write_repository(
+            args.repository, info, onnx_model, options, args.version, args.force, plan, checkpoint.path
+        )
         if record is not None:
             write_record(Path(args.repository) / "velocity" / str(version), record)
     except (ValueError, FileExistsError, ParityError, TensorRTUnavailable) as problem:

@@ -45,11 +45,18 @@ def write_repository(
     version: int | None = None,
     force: bool = False,
     plan: bytes | None = None,
+    checkpoint: str | Path | None = None,
 ) -> int:
-    """Write every model of the repository for `info`; returns the version number written."""
+    """Write every model of the repository for `info`; returns the version number written.
+
+    `plan` is the TensorRT engine (`engine: tensorrt`); `checkpoint` the checkpoint whose EMA
+    weights the PyTorch engine loads (`engine: torch`).
+    """
     options.check(info.space.k)
     if options.engine == "tensorrt" and plan is None:
         raise ValueError("engine tensorrt needs a TensorRT plan")
+    if options.engine == "torch" and checkpoint is None:
+        raise ValueError("engine torch needs the checkpoint")
     root = Path(directory)
     existing = existing_versions(root)
     for number, fingerprint in existing.items():
@@ -76,6 +83,7 @@ def write_repository(
         c.VERSION_PARAM: grouplat.__version__,
         c.THREADS_PARAM: str(options.threads),
         c.DEVICE_PARAM: options.device,
+        c.PRECISION_PARAM: options.precision,
         c.SPINNING_PARAM: str(int(options.spinning)),
         c.MAX_COST_PARAM: str(options.max_cost),
         c.SCHEDULING_PARAM: options.scheduling,
@@ -87,6 +95,13 @@ def write_repository(
     (target / "model.onnx").write_bytes(onnx_model)
     if options.engine == "python":
         (target / "model.py").write_bytes(adapter("velocity"))
+    if options.engine == "torch":  # the EMA weights and metadata beside the torch adapter
+        from grouplat.training.checkpoint import release_checkpoint
+
+        release_checkpoint(checkpoint, target)  # type: ignore[arg-type]
+        (target / "model.py").write_bytes(
+            (resources.files("grouplat.export") / "torch_model.py").read_bytes()
+        )
     if plan is not None:
         (target / "model.plan").write_bytes(plan)
     for operation in c.ORCHESTRATORS:

@@ -68,3 +68,29 @@ def test_asking_for_a_gpu_without_one_is_a_clear_error(tmp_path: Path) -> None:
     assert np.isfinite(
         OnnxVelocity(onnx_model)(np.zeros((1, 3, 16, 16), np.float32), np.zeros((1, 4), np.float32))
     ).all()
+
+
+def test_the_torch_engine_serves_what_onnx_runtime_serves(tmp_path: Path) -> None:
+    """`--engine torch --velocity-call bls` on the CPU (eager; CUDA graphs need a GPU): the
+    served decode equals the ONNX engine's within fp32 rounding."""
+    import tritonclient.grpc as grpcclient
+    from test_export import write_checkpoint
+
+    from grouplat.cli import main
+
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-0000001")
+    z = np.random.default_rng(0).standard_normal((2, 3, 256)).astype(np.float32)
+    answers = {}
+    for engine in ("python", "torch"):
+        args = ["export", str(checkpoint), "--repository", str(tmp_path / engine), "--engine", engine,
+                "--velocity-call", "bls", "--steps", "6", "--solver", "gei2m", "--device", "cpu"]  # fmt: skip
+        assert main(args) == 0
+        with (
+            EmbeddedServer(tmp_path / engine) as server,
+            grpcclient.InferenceServerClient(server.grpc_url) as client,
+        ):
+            latent = grpcclient.InferInput(c.LATENT, list(z.shape), "FP32")
+            latent.set_data_from_numpy(z)
+            answers[engine] = client.infer(c.DECODE, [latent]).as_numpy(c.IMAGE)
+    np.testing.assert_allclose(answers["torch"], answers["python"], atol=1e-4)
+    assert (tmp_path / "torch" / "velocity" / "1" / "model.safetensors").is_file()

@@ -20,7 +20,7 @@ from grouplat.serving.engines import DEVICES
 from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS
 from grouplat.solvers import SOLVERS
 
-ENGINES = ("python", "onnx", "tensorrt")
+ENGINES = ("python", "onnx", "tensorrt", "torch")
 FP32, BOOL, BYTES, INT32 = (
     mc.DataType.TYPE_FP32,
     mc.DataType.TYPE_BOOL,
@@ -33,8 +33,9 @@ FP32, BOOL, BYTES, INT32 = (
 class ServingOptions:
     """What the configs say beyond the model itself; each has a CLI flag in `grouplat export`."""
 
-    engine: str = "python"  # python: ORT in the embedded server; onnx / tensorrt: native NGC backends
+    engine: str = "python"  # python: ORT in the Python backend; onnx / tensorrt: native; torch: PyTorch
     device: str = "cpu"  # cpu | gpu: where the velocity engine runs (instance kinds, ORT providers)
+    precision: str = "fp32"  # torch engine: fp32 | bf16 | fp16 autocast
     velocity_call: str = "inprocess"  # how orchestrators call the engine: inprocess or bls
     generate_schedule: str | None = None  # default generation schedule; None: the paper's for k=4
     steps: int = DEFAULT_STEPS  # default steps per request
@@ -64,6 +65,10 @@ class ServingOptions:
             raise ValueError(f"unknown device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if self.engine == "tensorrt" and self.device != "gpu":
             raise ValueError("a TensorRT engine runs on a GPU only: use --device gpu (or --engine onnx)")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"unknown precision {self.precision!r}: expected fp32, bf16 or fp16")
+        if self.velocity_call == "inprocess" and self.engine == "torch":
+            raise ValueError("the torch engine runs in its own model: use --velocity-call bls")
         if self.velocity_call == "inprocess" and self.engine == "tensorrt":
             raise ValueError(
                 "in-process velocity calls run ONNX Runtime; use --velocity-call bls with tensorrt"
@@ -84,7 +89,7 @@ def velocity_config(info: ModelInfo, options: ServingOptions, params: dict[str, 
         params,
         options.device,
     )
-    if options.engine == "python":
+    if options.engine in ("python", "torch"):
         config.backend = "python"
     else:
         config.platform = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[options.engine]

@@ -48,6 +48,7 @@ VELOCITY_MODEL_PARAM = "velocity_model"
 VELOCITY_MAX_BATCH_PARAM = "velocity_max_batch"
 THREADS_PARAM, SPINNING_PARAM = "threads", "spinning"  # ONNX Runtime settings
 DEVICE_PARAM = "device"  # cpu | gpu: where the velocity engine runs
+PRECISION_PARAM = "precision"  # fp32 | bf16 | fp16: the torch engine's autocast
 MAX_COST_PARAM = "max_cost"  # per request: network evaluations × images
 SCHEDULING_PARAM = (
     "scheduling"  # step (one loop owns every request's steps) | request (one solve per execute)
