@@ -94,3 +94,29 @@ def test_the_torch_engine_serves_what_onnx_runtime_serves(tmp_path: Path) -> Non
             answers[engine] = client.infer(c.DECODE, [latent]).as_numpy(c.IMAGE)
     np.testing.assert_allclose(answers["torch"], answers["python"], atol=1e-4)
     assert (tmp_path / "torch" / "velocity" / "1" / "model.safetensors").is_file()
+
+
+def test_gpu_check_script_runs_quick_on_the_cpu(tmp_path: Path) -> None:
+    """scripts/gpu_check.py is the one prepared call for a lent GPU; its --quick form runs here."""
+    import json
+    import subprocess
+    import sys
+
+    from test_export import write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "checkpoint-0000001")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    command = [
+        sys.executable,
+        str(script),
+        "--quick",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["parity_vs_onnxruntime"]["fp32"] < 1e-4 and set(report["decode"]) == {"1", "2"}
+    assert "skipped" in report["onnxruntime_gpu"] or report["onnxruntime_gpu"]["provider"]
