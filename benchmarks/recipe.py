@@ -40,6 +40,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "grouped+phase+gauss+group": ({"times": "phase", "weighting": "group"}, GAUSS),
     "grouped+phase+gauss+paper": ({"times": "phase", "weighting": "paper"}, GAUSS),
     "grouped+phase+gauss+even": ({"times": "phase", "schedule": "0.25,0.5,0.75"}, GAUSS),
+    "grouped+phase50+gauss": ({"times": "phase", "phase_shares": "0.5,0.2,0.15,0.15"}, GAUSS),
 }
 
 

@@ -138,6 +138,14 @@ def test_phase_times_give_every_group_an_equal_share() -> None:
     assert abs(np.mean(SCHEDULE.active(t) == 0) - 0.1) < 0.01
     with pytest.raises(ValueError, match="unknown time sampling"):
         draw_times(SCHEDULE, "log", np.random.default_rng(0), 3)
+    t = draw_times(SCHEDULE, "phase", np.random.default_rng(0), 40_000, np.array([0.5, 0.2, 0.15, 0.15]))
+    share = np.bincount(SCHEDULE.active(t), minlength=4) / len(t)
+    assert np.abs(share - [0.5, 0.2, 0.15, 0.15]).max() < 0.01
+    from grouplat.training.training_loop import parse_shares
+
+    for bad in ("0.5,0.5", "a,b,c,d", "-1,1,1,1", "0,0,0,0"):
+        with pytest.raises(ValueError, match="phase shares"):
+            parse_shares(bad, 4)
 
 
 def test_group_weighting_makes_each_phase_its_groups_mean() -> None:

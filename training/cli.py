@@ -114,7 +114,12 @@ def register(subparsers: Any) -> None:
         "--times",
         choices=["schedule", "phase"],
         help="training times: schedule = t ~ U(0,1) under the training schedule (the paper's), "
-        "phase = a group uniformly, then t inside its interval",
+        "phase = a group first (equally often, or --phase-shares), then t inside its interval",
+    )
+    g.add_argument(
+        "--phase-shares",
+        metavar="S1,S2,…",
+        help="with --times phase: how often each group is drawn, e.g. 0.5,0.2,0.15,0.15 (default equal)",
     )
     n = p.add_argument_group("network")
     n.add_argument("--arch", choices=["unet", "mlp"], help="network type (default: unet; mlp for points)")

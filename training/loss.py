@@ -28,12 +28,16 @@ TIMES = ("schedule", "phase")
 GAUSS_SAMPLES = 16  # samples per batch that also get the Gaussian-baseline error (diagnostics)
 
 
-def draw_times(schedule: Schedule, how: str, rng: np.random.Generator, n: int) -> np.ndarray:
-    """n forward times in [0, 1) for the loss: `schedule` (t ~ U(0, 1)) or `phase` (see above)."""
+def draw_times(
+    schedule: Schedule, how: str, rng: np.random.Generator, n: int, shares: np.ndarray | None = None
+) -> np.ndarray:
+    """n forward times in [0, 1) for the loss: `schedule` (t ~ U(0, 1)) or `phase` (see above);
+    `shares` (one per group, S1 first; default equal) is how often `phase` picks each group."""
     if how == "schedule":
         return rng.random(n)
     if how == "phase":
-        group, position = rng.integers(schedule.k, size=n), rng.random(n)
+        p = None if shares is None else np.asarray(shares, np.float64) / np.sum(shares)
+        group, position = rng.choice(schedule.k, size=n, p=p), rng.random(n)
         return schedule.start[group] + position * (schedule.end[group] - schedule.start[group])
     raise ValueError(f"unknown time sampling {how!r}: expected one of {', '.join(TIMES)}")
 

@@ -58,6 +58,7 @@ class TrainConfig:
     hide:              bool = True           # hidden groups (docs/design.md §1.4); False: paper-exact
     weighting:         str = "paper"         # paper (α'², Eq. 7) | uniform (1 on the active group) | group
     times:             str = "schedule"      # schedule (t ~ U(0, 1)) | phase (a group, then t inside it)
+    phase_shares:      str | None = None     # times=phase: how often each group (S1 first) is drawn
     steps:             int = 10000           # optimizer steps in total
     batch:             int = 64              # global batch (all ranks together)
     batch_gpu:         int | None = None     # per-rank micro-batch (gradient accumulation); None = all
@@ -124,6 +125,19 @@ def setup(
         **cfg.network,
     }
     return dataset, space, schedule, network
+
+
+def parse_shares(text: str | None, k: int) -> np.ndarray | None:
+    """`0.5,0.2,0.15,0.15` → how often `times=phase` draws each group (S1 first); None: equal."""
+    if not text:
+        return None
+    try:
+        shares = np.array([float(v) for v in str(text).split(",")])
+    except ValueError:
+        raise ValueError(f"bad phase shares {text!r}: expected {k} comma-separated numbers") from None
+    if len(shares) != k or (shares < 0).any() or shares.sum() <= 0 or not np.isfinite(shares).all():
+        raise ValueError(f"phase shares need {k} non-negative numbers with a positive sum, got {text!r}")
+    return shares
 
 
 def default_cuts(k: int) -> str:
@@ -209,6 +223,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     loss_fn = GroupedFlowLoss(space, schedule, cfg.hide, cfg.weighting, mean, std, device)
+    shares = parse_shares(cfg.phase_shares, space.k)
     sampler = Sampler(len(dataset), cfg.seed)
     per_rank = cfg.batch // world
     micro = cfg.batch_gpu or per_rank
@@ -257,7 +272,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
         batches = pending.result()
         if step + 1 < cfg.steps:
             pending = prefetch.submit(load, step + 1)
-        t = draw_times(schedule, cfg.times, np.random.default_rng([cfg.seed, step, 1]), cfg.batch)
+        t = draw_times(schedule, cfg.times, np.random.default_rng([cfg.seed, step, 1]), cfg.batch, shares)
         generator = torch.Generator(device=device).manual_seed(_seed(cfg.seed, step, 2))
         noise = torch.randn((cfg.batch, *space.latent_shape), generator=generator, device=device)
         torch.manual_seed(_seed(cfg.seed, step, 3, rank))  # dropout masks
@@ -318,6 +333,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dataset: Dataset |
 def _check(cfg: TrainConfig, device: torch.device, world: int) -> None:
     if cfg.times not in TIMES:
         raise ValueError(f"unknown time sampling {cfg.times!r}: expected one of {', '.join(TIMES)}")
+    if cfg.phase_shares and cfg.times != "phase":
+        raise ValueError("--phase-shares needs --times phase")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if cfg.precision != "fp32" and device.type != "cuda":
