@@ -10,10 +10,12 @@ import grouplat
 from grouplat.cli import main as grouplat_main
 from grouplat.training.checkpoint import save_checkpoint
 from grouplat.training.networks import build_network
+from grouplat.training.training_loop import parse_groups
 
 FIGURES = [
     "fig1_baseline_traversal.png",
     "fig2a_gmm.png",
+    "fig2b_quadrants.png",
     "fig3_sequential.png",
     "fig4_interpolation.png",
     "fig5_reconstruction.png",
@@ -46,12 +48,14 @@ def test_demo_writes_every_figure(tmp_path):
     grouped = grouplat.LatentSpace((3, 32, 32), "dct", grouplat.PAPER_BOUNDARIES)
     scalar = grouplat.LatentSpace((3, 32, 32), "dct", [])
     points = grouplat.LatentSpace((1, 1, 2), "pixel", [[0], [1]])
+    quadrants = grouplat.LatentSpace((3, 32, 32), "pixel", parse_groups("quadrants", (3, 32, 32)))
     mlp = dict(arch="mlp", channels=1, resolution=[1, 2], levels=2, hidden=32, layers=2)
     args = [
         "demo", "--quick", "--out", str(tmp_path / "demo"),
         "--model", tiny_checkpoint(tmp_path / "grouped", grouped, grouplat.PAPER_TRAIN, unet(4)),
         "--baseline", tiny_checkpoint(tmp_path / "scalar", scalar, "-", unet(1)),
         "--gmm", tiny_checkpoint(tmp_path / "gmm", points, "0.5", mlp),
+        "--quadrants", tiny_checkpoint(tmp_path / "quadrants", quadrants, "0.25,0.5,0.75", unet(4)),
     ]  # fmt: skip
     assert grouplat_main(args) == 0
     for name in FIGURES:
