@@ -28,8 +28,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 SCALAR = {"groups": "-", "schedule": "-"}
+# The recipe before this study, which every variant starts from (the preset now ships the winner).
+BEFORE: tuple[dict[str, Any], dict[str, Any]] = ({"times": "schedule"}, {"residual": "none"})
 GAUSS = {"residual": "gaussian"}
-# name → (TrainConfig changes, network changes) on top of the shapes32 preset
+# name → (TrainConfig changes, network changes) on top of BEFORE
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "scalar": (SCALAR, {}),
     "grouped": ({}, {}),
@@ -57,8 +59,8 @@ def train_variant(name: str, steps: int, out: Path, threads: int, quick: bool) -
         done = False
     if done:
         return resolve_checkpoint(run)
-    values = {**PRESETS["shapes32"], **changes}
-    values["network"] = {**values["network"], **network}
+    values = {**PRESETS["shapes32"], **BEFORE[0], **changes}
+    values["network"] = {**values["network"], **BEFORE[1], **network}
     if quick:
         values["network"] = {**values["network"], "model_channels": 8, "num_blocks": 1}
     cfg = TrainConfig(
@@ -127,6 +129,8 @@ def _paper_probe(space: Any) -> Any:
 
 def _last_log(path: Path) -> dict[str, Any]:
     """The mean of the last five per-step log lines (a smoother figure than one window)."""
+    if not path.exists():  # a released checkpoint keeps no training log
+        return {}
     lines = [json.loads(line) for line in path.read_text().splitlines() if '"img_per_sec"' in line][-5:]
     keys = {k for line in lines for k, v in line.items() if isinstance(v, float)}
     return {k: float(np.mean([line[k] for line in lines if k in line])) for k in keys}
@@ -142,7 +146,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     )
     body = ""
     for r in rows:
-        ratio = " / ".join(f"{v:.3f}" for _, v in sorted(r["vs_gauss"].items()))
+        ratio = " / ".join(f"{v:.3f}" for _, v in sorted(r["vs_gauss"].items())) or "–"
         low, high = r["s1_std_range"]
         body += (
             f"| {r['variant']} | {r['swd']:.3f} | {r['confidence']:.3f} | {r['kind_score']:.2f} | "
@@ -160,11 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nfe", type=int, default=60, help="GEI-2m network evaluations per decode / encode")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/recipe")
+    p.add_argument(
+        "--measure", action="append", default=[], metavar="NAME=CHECKPOINT",
+        help="also measure a trained checkpoint as it is (e.g. an earlier shipped model); repeatable",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny network, 4 steps, 16 samples (a smoke test)")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.samples, args.nfe = 4, 16, 8
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    given = dict(item.split("=", 1) for item in args.measure if "=" in item)
+    if len(given) != len(args.measure):
+        p.error("--measure takes NAME=CHECKPOINT")
+    names = [n for n in names if n not in given]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
@@ -174,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in names:
-        checkpoint = train_variant(name, args.steps, out, args.threads, args.quick)
+    from grouplat.training.checkpoint import resolve_checkpoint
+
+    jobs = [(name, lambda name=name: train_variant(name, args.steps, out, args.threads, args.quick)) for name in names]
+    jobs += [(name, lambda path=path: resolve_checkpoint(path)) for name, path in given.items()]
+    for name, checkpoint_of in jobs:
+        checkpoint = checkpoint_of()
         rows.append(measure_variant(name, checkpoint, args.samples, args.nfe, args.threads))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         (out / "recipe.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
