@@ -102,6 +102,25 @@ class Schedule:
         return cls([(knots[n - 1 - j], knots[n - j]) for j in range(n)])
 
     @classmethod
+    def from_steps(cls, steps: Sequence[int]) -> Schedule:
+        """The schedule whose intervals are in proportion to per-group step counts (S1 first), so
+        that a total of `sum(steps)` is split into exactly `steps` (how a measured split is served).
+
+        Args:
+            steps: positive counts, S1 first.
+
+        Returns:
+            The schedule (cuts rounded to 6 digits).
+
+        Example:
+            >>> Schedule.from_steps([8, 4, 3, 3]).cuts
+            '0.166667,0.333333,0.555556'
+        """
+        lengths = np.asarray(steps, np.float64) / sum(steps)
+        cuts = np.cumsum(lengths[::-1])[:-1]  # forward time: the finest group first
+        return cls.from_cuts([round(float(c), 6) for c in cuts])
+
+    @classmethod
     def parse(cls, spec: str | Schedule | Sequence[float], k: int) -> Schedule:
         """Cut notation, a JSON list of intervals, or a schedule; checked to have k groups.
 

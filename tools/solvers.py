@@ -53,6 +53,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--reference", type=int, help=f"GEI-2m steps of the reference (default {FULL['reference']})"
     )
+    p.add_argument(
+        "--splits",
+        default="",
+        help="per-group step counts to measure too, S1 first, space-separated (e.g. '8,4,3,3 5,3,2,2')",
+    )
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     p.add_argument("--out", default="solvers", help="output folder (default ./solvers)")
     p.add_argument("--quick", action="store_true", help="tiny counts: a smoke test, not a measurement")
@@ -66,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     nfes = sorted({int(n) for n in str(args.nfe).split(",")})
+    try:
+        splits = [[int(n) for n in split.split(",")] for split in args.splits.split()]
+    except ValueError:
+        print(
+            f"grouplat solvers: --splits takes counts like '8,4,3,3 5,3,2,2', got {args.splits!r}",
+            file=sys.stderr,
+        )
+        return 2
     report: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k != "handler"},
         "models": {},
@@ -77,7 +90,15 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"grouplat solvers: {error}", file=sys.stderr)
             return 2
-        report["models"][path] = study(model, nfes, args.latents, args.reference, args.target_nfe, args.probe)
+        if any(len(split) != model.space.k or min(split) < 1 for split in splits):
+            print(
+                f"grouplat solvers: --splits needs {model.space.k} positive counts each for {path}",
+                file=sys.stderr,
+            )
+            return 2
+        report["models"][path] = study(
+            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, tuple(splits)
+        )
     report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +109,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def study(model: Any, nfes: list[int], count: int, reference_steps: int, target: int, probe: int) -> dict:
-    """Every measurement of one model (a `grouplat.tools.evaluation.measure.Model`)."""
+def study(
+    model: Any,
+    nfes: list[int],
+    count: int,
+    reference_steps: int,
+    target: int,
+    probe: int,
+    splits: tuple[list[int], ...] = (),
+) -> dict:
+    """Every measurement of one model (a `grouplat.tools.evaluation.measure.Model`); `splits` are
+    per-group step counts measured with every solver (tau spacing) beside the curves."""
     k = model.space.k
     latents = np.random.default_rng(0).standard_normal((count, *model.space.latent_shape)).astype(np.float32)
 
@@ -125,9 +155,14 @@ def study(model: Any, nfes: list[int], count: int, reference_steps: int, target:
                     steps = split_steps(split, model.generate, total, fits)
                     curve[str(nfe)] = round(psnr(decode(solver, steps, spacing), reference), 2)
                 result["curves"][f"{solver}/{spacing}/{split}"] = curve
+        for counts in splits:
+            name = f"{solver}/tau/{'-'.join(map(str, counts))}"
+            result["curves"][name] = {
+                str(sum(counts) * per_step): round(psnr(decode(solver, counts), reference), 2)
+            }
         if fits is not None:
             steps = split_steps("measured", model.generate, target // per_step, fits)
-            result["splits"][solver] = {"steps": steps, "schedule": schedule_for(steps).text}
+            result["splits"][solver] = {"steps": steps, "schedule": Schedule.from_steps(steps).text}
     result["best"] = best(result["curves"], target)
     return result
 
@@ -171,14 +206,6 @@ def split_steps(split: str, schedule: Schedule, total: int, fits: list[dict] | N
 
         steps[max(range(k), key=gain)] += 1
     return steps
-
-
-def schedule_for(steps: list[int]) -> Schedule:
-    """A generation schedule whose intervals are in proportion to `steps` (S1 first): the
-    schedule-proportional split of `sum(steps)` is then exactly `steps`."""
-    lengths = np.asarray(steps, np.float64) / sum(steps)
-    cuts = np.cumsum(lengths[::-1])[:-1]  # forward time: the finest group first
-    return Schedule.from_cuts([round(float(c), 6) for c in cuts])
 
 
 def best(curves: dict[str, dict[str, float]], target: int) -> dict[str, Any]:

@@ -1,0 +1,59 @@
+"""`grouplat solvers` in its --quick form: every curve, the measured split served as a schedule, --splits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+import grouplat
+from grouplat.cli import main as grouplat_main
+from grouplat.schedule import Schedule
+from grouplat.solvers import allocate_steps
+from grouplat.training.checkpoint import save_checkpoint
+from grouplat.training.networks import build_network
+
+
+def tiny_grouped_checkpoint(directory) -> str:
+    space = grouplat.LatentSpace((3, 16, 16), "dct", (8, 32, 100))
+    network = dict(arch="unet", channels=3, resolution=[16, 16], levels=4, model_channels=8,
+                   channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    net = build_network(network)
+    metadata = {"network": network, "space": space.describe(), "schedule": grouplat.PAPER_TRAIN, "hide": True}
+    std = np.linspace(2.0, 0.2, space.size, dtype=np.float32) * np.ones(space.latent_shape, np.float32)
+    save_checkpoint(directory, net, net, metadata, np.zeros(space.latent_shape, np.float32), std)
+    return str(directory)
+
+
+def test_solvers_quick_measures_every_setting_and_serves_the_measured_split(tmp_path, capsys) -> None:
+    checkpoint = tiny_grouped_checkpoint(tmp_path / "model")
+    out = tmp_path / "solvers"
+    args = [
+        "solvers",
+        checkpoint,
+        "--quick",
+        "--threads",
+        "1",
+        "--splits",
+        "3,2,2,1 4,3,3,2",
+        "--out",
+        str(out),
+    ]
+    assert grouplat_main(args) == 0
+    report = json.loads((out / "solvers.json").read_text())
+    (result,) = report["models"].values()
+    assert len([n for n in result["curves"] if n.count("/") == 2 and n.split("/")[2] in
+                ("schedule", "even", "measured")]) == 4 * 2 * 3  # fmt: skip
+    for solver, per_step in (("euler", 1), ("gei2m", 2)):
+        curve = result["curves"][f"{solver}/tau/3-2-2-1"]
+        assert list(curve) == [str(8 * per_step)] and np.isfinite(curve[str(8 * per_step)])
+    for split in result["splits"].values():  # the measured split, written as a schedule, gives it back
+        schedule = Schedule.from_cuts(split["schedule"])
+        assert allocate_steps(schedule, sum(split["steps"])).tolist() == split["steps"]
+    assert result["best"]["setting"] in result["curves"]
+    assert "| gei2m/tau/4-3-3-2 |" in (out / "solvers.md").read_text()
+    capsys.readouterr()
+    assert grouplat_main([*args[:2], "--quick", "--splits", "3,2,2", "--out", str(out)]) == 2
+    assert "--splits needs 4 positive counts" in capsys.readouterr().err
