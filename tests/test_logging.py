@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 from conftest import make_oracle, oracle_images
 from tritonclient.utils import InferenceServerException
 
-from grouplat.cli import LOG_LEVEL_ENV, configure_logging
+from grouplat.cli import LOG_LEVEL_ENV, _StderrHandler, configure_logging
 from grouplat.cli import main as cli_main
 from grouplat.client import AsyncClient, Client, InvalidRequestError, ServerUnavailableError
 from grouplat.serving import contract as c
@@ -223,10 +223,16 @@ def fresh_logging(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-d
     monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)  # monkeypatch restores it
     root, ours = logging.getLogger(), logging.getLogger("grouplat")
     before, levels = list(root.handlers), (root.level, ours.level)
+    for handler in before:  # one an earlier test's `grouplat` command left: as if never configured
+        if isinstance(handler, _StderrHandler):
+            root.removeHandler(handler)
     yield
     for handler in root.handlers[:]:
         if handler not in before:
             root.removeHandler(handler)
+    for handler in before:
+        if handler not in root.handlers:
+            root.addHandler(handler)
     root.setLevel(levels[0])
     ours.setLevel(levels[1])
 

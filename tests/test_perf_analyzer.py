@@ -71,7 +71,7 @@ def test_perf_analyzer_bls_composing_model(runnable, inputs, tmp_path):
     repository = oracle_repository_at(tmp_path / "bls", ServingOptions(velocity_call="bls"))
     with EmbeddedServer(repository) as server:
         output = analyze(
-            server.grpc_url, "decode", inputs["decode"], *STEPS, "--bls-composing-models", "velocity"
+            server.grpc_url, "decode", inputs["decode"], *STEPS, "--bls-composing-models", "velocity:1"
         )
     composing = output.split("Composing models:")[1]
     assert "velocity" in composing and "Inference count" in composing
