@@ -90,14 +90,15 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"grouplat solvers: {error}", file=sys.stderr)
             return 2
-        if any(len(split) != model.space.k or min(split) < 1 for split in splits):
+        fitting = tuple(split for split in splits if len(split) == model.space.k)  # e.g. not the baseline's
+        if any(min(split) < 1 for split in fitting) or (splits and not fitting and len(args.checkpoint) == 1):
             print(
                 f"grouplat solvers: --splits needs {model.space.k} positive counts each for {path}",
                 file=sys.stderr,
             )
             return 2
         report["models"][path] = study(
-            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, tuple(splits)
+            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, fitting
         )
     report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
