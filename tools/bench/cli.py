@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS
 from grouplat.solvers import NFE_PER_STEP
 from grouplat.tools import bench
 from grouplat.tools.bench.load import parse_variant
@@ -28,7 +29,7 @@ from grouplat.tools.bench.report import headline, machine, report
 from grouplat.tools.perf_analyzer import held_out_images
 
 VARIANTS = ("inprocess", "bls:velocity_call=bls,orchestrator_instances=4")  # the first is the headline
-FULL = dict(nets="demo,ffhq64", steps=20, rounds=3, repeats=3, seconds=5.0)
+FULL = dict(nets="demo,ffhq64", steps=DEFAULT_STEPS, rounds=3, repeats=3, seconds=5.0)
 QUICK = dict(nets="demo", steps=4, rounds=1, repeats=1, seconds=0.3)
 
 
@@ -43,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--checkpoint", help="the demo model (default: the shapes32 network, random weights)")
     p.add_argument("--nets", help=f"comma-separated, of {', '.join(NETS)} (default {FULL['nets']})")
     p.add_argument("--steps", type=int, help=f"ODE steps per request and loop (default {FULL['steps']})")
-    p.add_argument("--solver", default="heun", choices=list(NFE_PER_STEP), help="solver (default heun)")
+    p.add_argument(
+        "--solver", default=DEFAULT_SOLVER, choices=list(NFE_PER_STEP), help=f"default {DEFAULT_SOLVER}"
+    )
     p.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL['rounds']})")
     p.add_argument(
         "--repeats", type=int, help=f"single-request repeats per round (default {FULL['repeats']})"
