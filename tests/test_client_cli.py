@@ -13,6 +13,7 @@ from PIL import Image
 from grouplat.client import Latents, save_image
 from grouplat.client.cli import COMMANDS, build_parser, main, parse_index, parse_ints, parse_values, register
 from grouplat.serving.server import EmbeddedServer, _free_ports
+from grouplat.settings import DEFAULT_SOLVER
 
 PAD = 2  # grid spacing (grouplat.client.images.grid)
 
@@ -138,7 +139,7 @@ def test_encode_decode_files(oracle_server: EmbeddedServer, pictures: list[Path]
     latent = tmp_path / "ab.latent"
     assert run(oracle_server, "encode", pictures[0], pictures[1], "-o", latent) == 0
     z = Latents.load(latent)
-    assert len(z) == 2 and z.space.shape == (3, 16, 16) and z.settings.solver == "heun"
+    assert len(z) == 2 and z.space.shape == (3, 16, 16) and z.settings.solver == DEFAULT_SOLVER
     assert run(oracle_server, "decode", latent, "-o", tmp_path / "ab.png") == 0
     for i in range(2):
         assert size(tmp_path / f"ab-{i}.png") == (16, 16)

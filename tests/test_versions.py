@@ -98,7 +98,7 @@ def test_client_pins_a_version_and_unpinned_uses_the_newest(versions_server: Emb
             info = client.info()
             assert (info.version, info.fingerprint) == (str(version), ORACLES_INFO[version])
             assert info.settings.steps == 4 + version  # the version's own defaults
-            z = client.encode(x, solver="gei2m")  # (that server defaults to heun)
+            z = client.encode(x, solver="gei2m")
             assert (z.fingerprint, z.model_version, z.settings.steps) == (
                 ORACLES_INFO[version],
                 str(version),
@@ -109,7 +109,7 @@ def test_client_pins_a_version_and_unpinned_uses_the_newest(versions_server: Emb
         assert list(client.versions()) == ["1", "2"]
         assert [m.fingerprint for m in client.versions().values()] == [ORACLES_INFO[1], ORACLES_INFO[2]]
         assert client.info().version == "2" and client.info() is client.versions()["2"]
-        z = client.encode(x, solver="gei2m")  # (that server defaults to heun)
+        z = client.encode(x, solver="gei2m")
         assert (z.fingerprint, z.model_version) == (ORACLES_INFO[2], "2")
         np.testing.assert_allclose(z.values, ORACLES[2].encode(x), atol=1e-4)
     with Client(versions_server.grpc_url, model_version=3) as client:
@@ -249,7 +249,7 @@ def test_every_endpoint_must_serve_the_version_in_use(
         assert client.info().fingerprint == ORACLES_INFO[1]
         client._current = 1
         sent = versions_sent(client)
-        z = client.encode(x, solver="gei2m")  # (that server defaults to heun)
+        z = client.encode(x, solver="gei2m")
         assert sent == [("encode", "1")]
         assert client._versions[versions_server.grpc_url] == {"1": ORACLES_INFO[1], "2": ORACLES_INFO[2]}
         np.testing.assert_allclose(z.values, ORACLES[1].encode(x), atol=1e-4)

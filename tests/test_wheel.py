@@ -93,7 +93,7 @@ def test_the_wheel_holds_the_adapters_and_the_shipped_models(wheel: Path) -> Non
     names = set(zipfile.ZipFile(wheel).namelist())
     for adapter in ("velocity", "orchestrator"):
         assert f"grouplat/serving/{adapter}/model.py" in names
-    assert SHIPPED == ["gmm2d", "shapes32", "shapes32-scalar"]
+    assert SHIPPED == ["gmm2d", "shapes32", "shapes32-quadrants", "shapes32-scalar"]
     for model in SHIPPED:
         for name in ("metadata.json", "model.safetensors"):
             assert f"grouplat/models/{model}/{name}" in names
