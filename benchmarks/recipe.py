@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/recipe")
     p.add_argument(
-        "--measure", action="append", default=[], metavar="NAME=CHECKPOINT",
+        "--measure",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
         help="also measure a trained checkpoint as it is (e.g. an earlier shipped model); repeatable",
     )
     p.add_argument("--quick", action="store_true", help="a tiny network, 4 steps, 16 samples (a smoke test)")
@@ -188,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     from grouplat.training.checkpoint import resolve_checkpoint
 
-    jobs = [(name, lambda name=name: train_variant(name, args.steps, out, args.threads, args.quick)) for name in names]
+    jobs = [
+        (name, lambda name=name: train_variant(name, args.steps, out, args.threads, args.quick))
+        for name in names
+    ]
     jobs += [(name, lambda path=path: resolve_checkpoint(path)) for name, path in given.items()]
     for name, checkpoint_of in jobs:
         checkpoint = checkpoint_of()

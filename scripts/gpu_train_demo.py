@@ -253,7 +253,7 @@ def main() -> None:
         }
     runs = [
         ("shapes32", {"preset": "shapes32", **gpu}),
-        ("shapes32-scalar", {"preset": "shapes32", **gpu, "groups": "-", "schedule": "-"}),
+        ("shapes32-scalar", {"preset": "shapes32-scalar", **gpu}),
     ]
     for name, overrides in runs:
         run = train_for(name, overrides, pool, 5 if args.quick else args.seconds, work)

@@ -17,13 +17,15 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     # The demo model: procedural shapes at 32×32 on a CPU. Uniform weighting: with the paper's α'²,
     # after 3000 steps the finest group's error was 0.27 of the Gaussian predictor's (uniform: 0.09)
-    # and samples kept grain (docs/design.md, known trap 1); the coarse groups were on par. 3000 steps
-    # (~45 min on 2 idle cores) give soft shapes; grids every 1000 steps show when to stop.
+    # and samples kept grain (docs/design.md, known trap 1). The shipped models/shapes32 is this
+    # preset as it stands (1800 steps × 64 = 115k images, ~40 min on 2 cores); phase-first training
+    # times and the Gaussian-residual network (--times phase, residual) did not give better samples
+    # (docs/recipe.md). Longer runs keep improving: grids every 1000 steps show it.
     "shapes32": dict(
         data="shapes:32", basis="dct", groups="30,100,500", weighting="uniform",  # schedule: 0.6,0.8,0.9
         network=dict(arch="unet", model_channels=32, channel_mult=[1, 2, 2], num_blocks=2,
                      attn_resolutions=[8], dropout=0.0),
-        batch=64, lr=1e-3, steps=10_000, warmup=200, grad_clip=1.0,  # ~15× the typical gradient norm
+        batch=64, lr=1e-3, steps=1_800, warmup=200, grad_clip=1.0,  # ~15× the typical gradient norm
         ema_halflife_kimg=10.0, ema_rampup=0.05,
         log_every=50, checkpoint_every=1000, sample_every=1000,
     ),
@@ -32,7 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         data="shapes:32", basis="dct", groups="-", schedule="-", weighting="uniform",
         network=dict(arch="unet", model_channels=32, channel_mult=[1, 2, 2], num_blocks=2,
                      attn_resolutions=[8], dropout=0.0),
-        batch=64, lr=1e-3, steps=10_000, warmup=200, grad_clip=1.0,
+        batch=64, lr=1e-3, steps=1_800, warmup=200, grad_clip=1.0,
         ema_halflife_kimg=10.0, ema_rampup=0.05,
         log_every=50, checkpoint_every=1000, sample_every=1000,
     ),
