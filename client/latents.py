@@ -1,6 +1,6 @@
 """`Latents`: latent coefficients together with the model and settings that made them.
 
-A latent is only meaningful with the model that made it (DESIGN §2), so `Latents` carries the
+A latent is only meaningful with the model that made it (docs/design.md §2), so `Latents` carries the
 model's fingerprint, the latent layout (image shape, basis, groups), the generation settings and the
 served version number that made it (a hint: the fingerprint is the identity), and serializes all of
 it to the `grouplat.v1.LatentCode` protobuf (proto/latent.proto).

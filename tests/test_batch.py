@@ -44,7 +44,7 @@ from grouplat.client.batch.job import (
 from grouplat.serving.server import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parents[1]
-EXACT = {"solver": "gei2m", "steps": 4}  # exact for the oracle (DESIGN §1, GEI)
+EXACT = {"solver": "gei2m", "steps": 4}  # exact for the oracle (docs/design.md §1.7, GEI)
 N = 200
 
 

@@ -1,4 +1,4 @@
-"""`import grouplat.client` works without torch (DESIGN §3: the client installs without torch)."""
+"""`import grouplat.client` works without torch (docs/design.md §3: the client installs without torch)."""
 
 import subprocess
 import sys
