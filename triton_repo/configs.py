@@ -46,7 +46,9 @@ class ServingOptions:
     threads: int = 1  # ONNX Runtime intra-op threads per instance
     spinning: bool = False  # ONNX Runtime spin-waiting (hurts when instances share cores)
     velocity_instances: int = 1
-    orchestrator_instances: int = 2  # a small request runs beside a long one (measured: issue 13)
+    # One: its step loop batches every request's steps, so a small request runs beside a long one
+    # (docs/BENCHMARKS.md: 8 mixed clients, per-step p99/p50 1.09 with one instance, 2.29 with two)
+    orchestrator_instances: int = 1
     max_cost: int = 4096  # per request: network evaluations × images (mix counts three solves)
     scheduling: str = "step"  # step: one loop batches every request's steps; request: one solve per execute
     cache_bytes: int = 64 << 20  # the step loop's phase-end cache per model instance (0: off)

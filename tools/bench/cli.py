@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--solver", default=DEFAULT_SOLVER, choices=list(NFE_PER_STEP), help=f"default {DEFAULT_SOLVER}"
     )
+    p.add_argument(
+        "--instances", type=int, help="--scheduler: orchestrator instances (default: the export default)"
+    )
     p.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL['rounds']})")
     p.add_argument(
         "--repeats", type=int, help=f"single-request repeats per round (default {FULL['repeats']})"
@@ -140,7 +143,8 @@ def run_scheduler(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine(), "load_average": {"start": os.getloadavg()}}
     seconds, clients, repeats = (2.0, 4, 2) if args.quick else (args.seconds or 20.0, 8, 7)
-    results.update(bench_scheduler(load_net("demo", args.checkpoint), seconds, clients, repeats))
+    net = load_net("demo", args.checkpoint)
+    results.update(bench_scheduler(net, seconds, clients, repeats, instances=args.instances))
     results["load_average"]["end"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - started
     print(scheduler_report(results))

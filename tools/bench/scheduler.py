@@ -14,6 +14,7 @@ Both paths serve the same model from their own repository (`scheduling: step` an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import tempfile
 import threading
@@ -33,15 +34,22 @@ PAUSE_S = (0.0, 0.05)
 REUSE_BATCH = 8
 
 
-def bench_scheduler(net: Net, seconds: float, clients: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+def bench_scheduler(
+    net: Net, seconds: float, clients: int, repeats: int, seed: int = 0, instances: int | None = None
+) -> dict[str, Any]:
     import tritonclient.grpc as grpcclient
 
     from grouplat.export.repository import ServingOptions, write_repository
     from grouplat.serving.engines import OnnxVelocity
     from grouplat.serving.server import EmbeddedServer
 
-    base = ServingOptions()
-    results: dict[str, Any] = {"options": {"steps": base.steps, "solver": base.solver}}
+    base = ServingOptions() if instances is None else ServingOptions(orchestrator_instances=instances)
+    options = {
+        "steps": base.steps,
+        "solver": base.solver,
+        "orchestrator_instances": base.orchestrator_instances,
+    }
+    results: dict[str, Any] = {"options": options}
     forward = OnnxVelocity(net.onnx, base.threads)
     x = np.zeros((1, *net.info.space.shape), np.float32)
     levels = np.zeros((1, net.info.space.k), np.float32)
@@ -50,23 +58,28 @@ def bench_scheduler(net: Net, seconds: float, clients: int, repeats: int, seed: 
     with tempfile.TemporaryDirectory(prefix="grouplat-sched-") as tmp, contextlib.ExitStack() as stack:
         servers = {}
         for path in ("step", "request"):
-            write_repository(Path(tmp) / path, net.info, net.onnx, ServingOptions(scheduling=path))
+            serving = dataclasses.replace(base, scheduling=path)
+            write_repository(Path(tmp) / path, net.info, net.onnx, serving)
             servers[path] = stack.enter_context(EmbeddedServer(Path(tmp) / path, startup_timeout=600))
-        latent = (
-            np.random.default_rng(seed).standard_normal((1, *net.info.space.latent_shape)).astype(np.float32)
-        )
+        rng = np.random.default_rng(seed)
+        # A new latent for every timed request: the step path's phase cache would answer a repeated
+        # one without evaluating the network.
+        fresh = [
+            rng.standard_normal((1, *net.info.space.latent_shape)).astype(np.float32)
+            for _ in range(2 * repeats + 2)
+        ]
         nfe = base.steps * NFE_PER_STEP[base.solver]
         for path, server in servers.items():
             with grpcclient.InferenceServerClient(server.grpc_url) as client:
-                _decode(client, latent, {})  # warm up
-                single = [_timed(_decode, client, latent, {}) for _ in range(repeats)]
+                _decode(client, fresh[0], {})  # warm up
+                single = [_timed(_decode, client, fresh[1 + i], {}) for i in range(repeats)]
             results[path] = {
                 "single_s": float(np.median(single)),
                 "P1": float(np.median(single) / (nfe * results["forward_s"])),
                 "mix": {n: _mix_load(server.grpc_url, net, n, seconds, seed) for n in (1, clients)},
             }
         results["reuse"] = _reuse(servers["step"].grpc_url, net, repeats, seed)
-        results["preview"] = _preview(servers["step"].grpc_url, latent, net.info.space.k, repeats)
+        results["preview"] = _preview(servers["step"].grpc_url, fresh[repeats + 1 :], net.info.space.k)
     for path in ("step", "request"):
         one, many = (results[path]["mix"][n] for n in (1, clients))
         results[path]["throughput_ratio"] = many["steps_per_s"] / one["steps_per_s"]
@@ -141,21 +154,28 @@ def _reuse(url: str, net: Net, repeats: int, seed: int) -> dict[str, Any]:
     source = rng.standard_normal((1, *space.latent_shape)).astype(np.float32)
     unrelated = rng.standard_normal((REUSE_BATCH, *space.latent_shape)).astype(np.float32)
     s3, s4 = (int(space.indices(min(g, space.k))[0]) for g in (3, 4))
-    edits = {
-        "variations keeping S1-S2": grouplat.variations(space, source, [1, 2], REUSE_BATCH, seed),
-        "traverse an S3 element": grouplat.traverse(space, source, 0, s3, np.linspace(-3, 3, REUSE_BATCH)),
-        "traverse an S4 element": grouplat.traverse(space, source, 0, s4, np.linspace(-3, 3, REUSE_BATCH)),
-    }
+    values = np.linspace(-3, 3, REUSE_BATCH)
+
+    def edits(r: int) -> dict[str, np.ndarray]:
+        """Round r's edits of `source`: new rows every round (a repeated request would be answered
+        from the phase cache whole), the same coarse groups as `source` always."""
+        made = {
+            "variations keeping S1-S2": grouplat.variations(space, source, [1, 2], REUSE_BATCH, seed + r),
+            "traverse an S3 element": grouplat.traverse(space, source, 0, s3, values + 0.01 * r),
+            "traverse an S4 element": grouplat.traverse(space, source, 0, s4, values + 0.01 * r),
+        }
+        return {k: np.asarray(v, np.float32).reshape(-1, *space.latent_shape) for k, v in made.items()}
+
     out: dict[str, Any] = {"batch": REUSE_BATCH}
     with grpcclient.InferenceServerClient(url) as client:
         _decode(client, source, {})  # warm: the source's phases are in the cache
         full = float(np.median([_timed(_decode, client, unrelated + i, {}) for i in range(repeats)]))
         out["full_decode_s"] = full
-        for name, latents in edits.items():
-            latents = np.asarray(latents, np.float32).reshape(-1, *space.latent_shape)
-            reused = _decode(client, latents, {})
-            times = [_timed(_decode, client, latents, {}) for _ in range(repeats)]
-            alone = np.concatenate([_decode_uncached(net, row[None]) for row in latents[:2]])
+        rounds = [edits(r) for r in range(repeats + 1)]
+        for name in rounds[0]:
+            reused = _decode(client, rounds[0][name], {})
+            times = [_timed(_decode, client, round_[name], {}) for round_ in rounds[1:]]
+            alone = np.concatenate([_decode_uncached(net, row[None]) for row in rounds[0][name][:2]])
             out[name] = {
                 "seconds": float(np.median(times)),
                 "speedup": full / float(np.median(times)),
@@ -175,15 +195,16 @@ def _decode_uncached(net: Net, latents: np.ndarray) -> np.ndarray:
     return grouplat.decode(OnnxVelocity(net.onnx, options.threads), latents, **solve)
 
 
-def _preview(url: str, latent: np.ndarray, k: int, repeats: int) -> dict[str, Any]:
-    """Time to the first preview of decode_stream, and to its final image, per request."""
+def _preview(url: str, latents: list[np.ndarray], k: int) -> dict[str, Any]:
+    """Time to the first preview of decode_stream, and to its final image, per request (each a new
+    latent; the first warms up)."""
     import tritonclient.grpc as grpcclient
 
     firsts, totals = [], []
     with grpcclient.InferenceServerClient(url) as client:
         answers: queue.Queue = queue.Queue()
         client.start_stream(callback=lambda result, error: answers.put((time.perf_counter(), result, error)))
-        for _ in range(repeats + 1):
+        for latent in latents:
             start = time.perf_counter()
             client.async_stream_infer(c.DECODE_STREAM, [_tensor(c.LATENT, latent)])
             first = None
