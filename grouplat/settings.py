@@ -17,8 +17,8 @@ from grouplat.solvers import SOLVERS, SPACINGS
 # paper's schedule split [11, 3, 3, 3] gave 33 dB at 40 NFE. The split is served as the default
 # generation schedule for four groups (intervals in proportion to it).
 DEFAULT_SOLVER = "gei2m"
-DEFAULT_STEPS = 18
 DEFAULT_GROUP_STEPS = (8, 4, 3, 3)
+DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 18
 DEFAULT_SPACING = "tau"
 MAX_STEPS = 4096  # per request; the server may bound the cost further
 MAX_SCHEDULE_TEXT = 2000  # characters of a schedule given as text

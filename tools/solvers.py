@@ -73,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
     nfes = sorted({int(n) for n in str(args.nfe).split(",")})
     try:
         splits = [[int(n) for n in split.split(",")] for split in args.splits.split()]
+        if any(min(split) < 1 for split in splits):
+            raise ValueError
     except ValueError:
         print(
-            f"grouplat solvers: --splits takes counts like '8,4,3,3 5,3,2,2', got {args.splits!r}",
+            f"grouplat solvers: --splits takes positive counts like '8,4,3,3 5,3,2,2', got {args.splits!r}",
             file=sys.stderr,
         )
         return 2
@@ -90,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"grouplat solvers: {error}", file=sys.stderr)
             return 2
-        fitting = tuple(split for split in splits if len(split) == model.space.k)  # e.g. not the baseline's
-        if any(min(split) < 1 for split in fitting) or (splits and not fitting and len(args.checkpoint) == 1):
+        fitting = tuple(split for split in splits if len(split) == model.space.k)  # not a baseline's
+        if splits and not fitting and len(args.checkpoint) == 1:
             print(
                 f"grouplat solvers: --splits needs {model.space.k} positive counts each for {path}",
                 file=sys.stderr,
