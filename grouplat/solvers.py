@@ -24,10 +24,11 @@ Query = tuple[np.ndarray, np.ndarray]  # one network evaluation: (pixels [B, C, 
 # callback(i, t1, x) after step i: t1 its end (forward time), x the live state [B, C, H·W] (copy to keep)
 Callback = Callable[[int, float, np.ndarray], None]
 
-# Euler, Heun, and the Gaussian exponential integrators (`GaussianPart`): gei1, midpoint gei2m
-SOLVERS = ("euler", "heun", "gei1", "gei2m")
+# Euler, Heun, and the Gaussian exponential integrators (`GaussianPart`): gei1, midpoint gei2m,
+# and the multistep (Adams–Bashforth in τ) gei2ab and gei3ab, one evaluation per step
+SOLVERS = ("euler", "heun", "gei1", "gei2m", "gei2ab", "gei3ab")
 # network evaluations per ODE step: a solve costs NFE_PER_STEP[solver] × its steps
-NFE_PER_STEP = {"euler": 1, "heun": 2, "gei1": 1, "gei2m": 2}
+NFE_PER_STEP = {"euler": 1, "heun": 2, "gei1": 1, "gei2m": 2, "gei2ab": 1, "gei3ab": 1}
 # knot spacing inside a group's phase (`phase_levels`): even in α, or even in the Gaussian flow's τ
 SPACINGS = ("uniform", "tau")
 DEFAULT_STD_RANGE = (0.1, 10.0)  # coefficient std range assumed by `tau` spacing without stats
@@ -259,8 +260,9 @@ def solve(
     """Integrate the latents along `grid` (forward times). Returns float32 [B, C, H·W].
 
     Solvers: `euler`, `heun` (1 and 2 NFE per step), and the Gaussian exponential integrators
-    `gei1` and `gei2m` (1 and 2 NFE per step; they need the per-coefficient data `mean` and `std`,
-    [C, H·W], and are exact for Gaussian data at any step count). With `hide`, the groups that
+    `gei1`, `gei2m`, `gei2ab`, `gei3ab` (1, 2, 1, 1 NFE per step; the `ab` ones are multistep,
+    restarted at every phase; they need the per-coefficient data `mean` and `std`, [C, H·W], and
+    are exact for Gaussian data at any step count). With `hide`, the groups that
     decode makes after the active one are zeroed in the network's input and marked HIDDEN in its
     levels (docs/design.md: hidden groups).
 
@@ -276,7 +278,7 @@ def solve(
         hide: hide the groups decode makes later from the network (see above).
         callback: `callback(i, t1, x)` after every step i, with t1 the step's end and x the live
             state array, updated in place by later steps: copy it to keep it.
-        mean: the data mean per coefficient, broadcastable to [C, H·W]; needed by `gei1`, `gei2m`.
+        mean: the data mean per coefficient, broadcastable to [C, H·W]; needed by the `gei` solvers.
         std: the data std, likewise.
 
     Returns:
@@ -347,8 +349,12 @@ def solve_steps(
         f = yield pixels, np.broadcast_to(levels, (batch, space.k)).copy()
         return space.basis.to_latent(np.asarray(f, dtype=np.float32))[..., space.indices(phase + 1)]
 
+    history: list[tuple[float, np.ndarray]] = []  # gei?ab: (α, residual) of the phase's steps, newest first
+    previous_phase = -1
     for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
         phase = int(schedule.active(0.5 * (t0 + t1)))
+        if phase != previous_phase:  # multistep history never crosses phases: phase ends stay exact
+            history, previous_phase = [], phase
         members = space.indices(phase + 1)
         a0, a1 = (float(schedule.levels(t)[phase]) for t in (t0, t1))
         u0 = yield from group_velocity(x, float(t0), phase)
@@ -369,10 +375,35 @@ def solve_steps(
                 midpoint[..., members] = part.advance(x0, residual, a0, a_mid)
                 u_mid = yield from group_velocity(midpoint, float(t_mid), phase)
                 residual = part.residual(midpoint[..., members].astype(np.float64), u_mid, a_mid)
+            elif solver in ("gei2ab", "gei3ab"):  # gei1, then gei2ab, then the named order
+                history = [(a0, residual), *history[: int(solver[3]) - 1]]
+                residual = _adams_mean(part, history, a1)
             x[..., members] = part.advance(x0, residual, a0, a1)
         if callback is not None:
             callback(i, float(t1), x)
     return x
+
+
+def _adams_mean(part: GaussianPart, history: list[tuple[float, np.ndarray]], to: float) -> np.ndarray:
+    """The mean over the step from history[0]'s α to `to`, in τ, of the polynomial through the
+    residuals in history (1–3 of them, newest first): the residual an Adams–Bashforth step holds.
+    Node offsets d_i = τ_i − τ_0 and the step h are per coefficient (τ depends on σ)."""
+    tau0 = part.tau(history[0][0])
+    h = part.tau(to) - tau0
+    nodes = [part.tau(alpha) - tau0 for alpha, _ in history]
+    mean = np.zeros_like(history[0][1])
+    for i, (_, residual) in enumerate(history):
+        others = nodes[:i] + nodes[i + 1 :]
+        if not others:
+            weight = 1.0
+        elif len(others) == 1:  # ∫_0^h (d − a)/(d_i − a) dd / h
+            (a,) = others
+            weight = (h / 2 - a) / (nodes[i] - a)
+        else:  # ∫_0^h (d − a)(d − b)/((d_i − a)(d_i − b)) dd / h
+            a, b = others
+            weight = (h * h / 3 - (a + b) * h / 2 + a * b) / ((nodes[i] - a) * (nodes[i] - b))
+        mean = mean + weight * residual
+    return mean
 
 
 def _grid(
