@@ -45,8 +45,8 @@ def test_solvers_quick_measures_every_setting_and_serves_the_measured_split(tmp_
     report = json.loads((out / "solvers.json").read_text())
     (result,) = report["models"].values()
     assert len([n for n in result["curves"] if n.count("/") == 2 and n.split("/")[2] in
-                ("schedule", "even", "measured")]) == 4 * 2 * 3  # fmt: skip
-    for solver, per_step in (("euler", 1), ("gei2m", 2)):
+                ("schedule", "even", "measured")]) == 6 * 2 * 3  # fmt: skip
+    for solver, per_step in (("euler", 1), ("gei2m", 2), ("gei3ab", 1)):
         curve = result["curves"][f"{solver}/tau/3-2-2-1"]
         assert list(curve) == [str(8 * per_step)] and np.isfinite(curve[str(8 * per_step)])
     for split in result["splits"].values():  # the measured split, written as a schedule, gives it back
@@ -57,3 +57,8 @@ def test_solvers_quick_measures_every_setting_and_serves_the_measured_split(tmp_
     capsys.readouterr()
     assert grouplat_main([*args[:2], "--quick", "--splits", "3,2,2", "--out", str(out)]) == 2
     assert "--splits needs 4 positive counts" in capsys.readouterr().err
+    assert grouplat_main([*args[:2], "--quick", "--solvers", "gei2m,rk4", "--out", str(out)]) == 2
+    assert "--solvers takes names from" in capsys.readouterr().err
+    assert grouplat_main([*args[:2], "--quick", "--solvers", "gei3ab", "--out", str(out)]) == 0
+    only = json.loads((out / "solvers.json").read_text())["models"][checkpoint]["curves"]
+    assert only and all(name.startswith("gei3ab/") for name in only)

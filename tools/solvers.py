@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,9 @@ import numpy as np
 
 import grouplat
 from grouplat.schedule import Schedule
-from grouplat.solvers import NFE_PER_STEP, Velocity, allocate_steps
+from grouplat.solvers import NFE_PER_STEP, SOLVERS, Velocity, allocate_steps
 from grouplat.tools.evaluation.metrics import psnr
 
-SOLVERS = ("euler", "heun", "gei1", "gei2m")
 SPACINGS = ("tau", "uniform")
 SPLITS = ("schedule", "even", "measured")
 FULL = dict(latents=8, nfe="10,16,20,24,30,40,60,80", reference=1024, probe=4)
@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
         default="",
         help="per-group step counts to measure too, S1 first, space-separated (e.g. '8,4,3,3 5,3,2,2')",
     )
+    p.add_argument(
+        "--solvers", default=",".join(SOLVERS), help=f"solvers to measure (default {','.join(SOLVERS)})"
+    )
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     p.add_argument("--out", default="solvers", help="output folder (default ./solvers)")
     p.add_argument("--quick", action="store_true", help="tiny counts: a smoke test, not a measurement")
@@ -81,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    solvers = [name for name in args.solvers.split(",") if name]
+    unknown = [name for name in solvers if name not in SOLVERS]
+    if unknown or not solvers:
+        print(f"grouplat solvers: --solvers takes names from {', '.join(SOLVERS)}, got {args.solvers!r}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     report: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k != "handler"},
         "models": {},
@@ -100,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         report["models"][path] = study(
-            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, fitting
+            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, fitting, solvers
         )
     report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
@@ -120,6 +129,7 @@ def study(
     target: int,
     probe: int,
     splits: tuple[list[int], ...] = (),
+    solvers: Sequence[str] = SOLVERS,
 ) -> dict:
     """Every measurement of one model (a `grouplat.tools.evaluation.measure.Model`); `splits` are
     per-group step counts measured with every solver (tau spacing) beside the curves."""
@@ -144,7 +154,7 @@ def study(
         "errors": {},
         "splits": {},
     }
-    for solver in SOLVERS if k > 1 else ("euler", "heun", "gei1", "gei2m"):
+    for solver in solvers:
         per_step = NFE_PER_STEP[solver]
         fits = phase_errors(decode, reference, solver, k, probe) if k > 1 else None
         result["errors"][solver] = fits
