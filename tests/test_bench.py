@@ -95,7 +95,7 @@ def test_quick_scheduler_bench_compares_both_paths(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "checkpoint-0000001")
     out = tmp_path / "scheduler.json"
     command = [sys.executable, "-m", "grouplat.tools.bench", "--quick", "--scheduler", "--checkpoint",
-               str(checkpoint), "--out", str(out)]  # fmt: skip
+               str(checkpoint), "--out", str(out), "--preview-split", "2,3,3"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -104,3 +104,6 @@ def test_quick_scheduler_bench_compares_both_paths(tmp_path):
     reuse = [v for v in report["reuse"].values() if isinstance(v, dict)]
     assert len(reuse) == 3 and all(r["bit_identical"] for r in reuse)
     assert 0 < report["preview"]["ratio"] < 1 and "First preview" in result.stdout
+    assert 0 < report["preview_light"]["ratio"] < 1 and "With the split [2, 3, 3]" in result.stdout
+    bad = subprocess.run([*command[:-1], "2,3"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--preview-split needs 3 positive counts" in bad.stderr

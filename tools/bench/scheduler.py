@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 import grouplat
+from grouplat.schedule import Schedule
 from grouplat.serving import contract as c
 from grouplat.solvers import NFE_PER_STEP
 from grouplat.tools.bench.nets import Net
@@ -35,8 +36,16 @@ REUSE_BATCH = 8
 
 
 def bench_scheduler(
-    net: Net, seconds: float, clients: int, repeats: int, seed: int = 0, instances: int | None = None
+    net: Net,
+    seconds: float,
+    clients: int,
+    repeats: int,
+    seed: int = 0,
+    instances: int | None = None,
+    preview_split: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
+    """`preview_split`: per-group steps whose time to the first preview is measured too (an S1-light
+    split shows what the default's accuracy-first split costs the first preview)."""
     import tritonclient.grpc as grpcclient
 
     from grouplat.export.repository import ServingOptions, write_repository
@@ -66,7 +75,7 @@ def bench_scheduler(
         # one without evaluating the network.
         fresh = [
             rng.standard_normal((1, *net.info.space.latent_shape)).astype(np.float32)
-            for _ in range(2 * repeats + 2)
+            for _ in range(3 * repeats + 3)
         ]
         nfe = base.steps * NFE_PER_STEP[base.solver]
         for path, server in servers.items():
@@ -79,7 +88,12 @@ def bench_scheduler(
                 "mix": {n: _mix_load(server.grpc_url, net, n, seconds, seed) for n in (1, clients)},
             }
         results["reuse"] = _reuse(servers["step"].grpc_url, net, repeats, seed)
-        results["preview"] = _preview(servers["step"].grpc_url, fresh[repeats + 1 :], net.info.space.k)
+        url, k = servers["step"].grpc_url, net.info.space.k
+        results["preview"] = _preview(url, fresh[repeats + 1 : 2 * repeats + 2], k)
+        if preview_split is not None:
+            light = {"steps": sum(preview_split), "schedule": Schedule.from_steps(preview_split).text}
+            measured = _preview(url, fresh[2 * repeats + 2 :], k, light)
+            results["preview_light"] = {"split": list(preview_split), **measured}
     for path in ("step", "request"):
         one, many = (results[path]["mix"][n] for n in (1, clients))
         results[path]["throughput_ratio"] = many["steps_per_s"] / one["steps_per_s"]
@@ -195,7 +209,7 @@ def _decode_uncached(net: Net, latents: np.ndarray) -> np.ndarray:
     return grouplat.decode(OnnxVelocity(net.onnx, options.threads), latents, **solve)
 
 
-def _preview(url: str, latents: list[np.ndarray], k: int) -> dict[str, Any]:
+def _preview(url: str, latents: list[np.ndarray], k: int, parameters: dict | None = None) -> dict[str, Any]:
     """Time to the first preview of decode_stream, and to its final image, per request (each a new
     latent; the first warms up)."""
     import tritonclient.grpc as grpcclient
@@ -206,7 +220,7 @@ def _preview(url: str, latents: list[np.ndarray], k: int) -> dict[str, Any]:
         client.start_stream(callback=lambda result, error: answers.put((time.perf_counter(), result, error)))
         for latent in latents:
             start = time.perf_counter()
-            client.async_stream_infer(c.DECODE_STREAM, [_tensor(c.LATENT, latent)])
+            client.async_stream_infer(c.DECODE_STREAM, [_tensor(c.LATENT, latent)], parameters=parameters)
             first = None
             while True:
                 at, result, error = answers.get(timeout=120)
@@ -251,4 +265,9 @@ def scheduler_report(results: dict[str, Any]) -> str:
     lines += ["", f"First preview after {first:.0f} ms of a {total:.0f} ms "
               f"decode_stream ({p['ratio'] * 100:.0f}%). Single-request latency, step vs request path: "
               f"{results['P1_change'] * 100:+.1f}%."]  # fmt: skip
+    if "preview_light" in results:
+        p = results["preview_light"]
+        first, total = p["first_preview_s"] * 1e3, p["decode_s"] * 1e3
+        lines += ["", f"With the split {p['split']} (S1 first): first preview after "
+                  f"{first:.0f} ms of {total:.0f} ms ({p['ratio'] * 100:.0f}%)."]  # fmt: skip
     return "\n".join(lines)
