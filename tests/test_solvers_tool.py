@@ -10,7 +10,7 @@ import torch
 import grouplat
 from grouplat.cli import main as grouplat_main
 from grouplat.schedule import Schedule
-from grouplat.solvers import allocate_steps
+from grouplat.solvers import SOLVERS, allocate_steps
 from grouplat.training.checkpoint import save_checkpoint
 from grouplat.training.networks import build_network
 
@@ -21,7 +21,8 @@ def tiny_grouped_checkpoint(directory) -> str:
                    channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.0)  # fmt: skip
     torch.manual_seed(0)
     net = build_network(network)
-    metadata = {"network": network, "space": space.describe(), "schedule": grouplat.PAPER_TRAIN, "hide": True}
+    metadata = {"network": network, "space": space.describe(), "schedule": grouplat.PAPER_TRAIN, "hide": True,
+                "data": {"spec": "shapes:16", "seed": 0}}  # fmt: skip
     std = np.linspace(2.0, 0.2, space.size, dtype=np.float32) * np.ones(space.latent_shape, np.float32)
     save_checkpoint(directory, net, net, metadata, np.zeros(space.latent_shape, np.float32), std)
     return str(directory)
@@ -54,6 +55,10 @@ def test_solvers_quick_measures_every_setting_and_serves_the_measured_split(tmp_
         assert allocate_steps(schedule, sum(split["steps"])).tolist() == split["steps"]
     assert result["best"]["setting"] in result["curves"]
     assert "| gei2m/tau/4-3-3-2 |" in (out / "solvers.md").read_text()
+    assert set(result["round_trip"]) == {f"{s}/tau/{c}" for s in SOLVERS for c in ("3-2-2-1", "4-3-3-2")}
+    assert all(np.isfinite(db) for db in result["round_trip"].values()) and "Round trip of 2" in (
+        out / "solvers.md"
+    ).read_text()
     capsys.readouterr()
     assert grouplat_main([*args[:2], "--quick", "--splits", "3,2,2", "--out", str(out)]) == 2
     assert "--splits needs 4 positive counts" in capsys.readouterr().err

@@ -13,6 +13,10 @@ by a second reference at half the steps). Three ways to split the steps over the
   most. The split at the target NFE is written as a generation schedule (interval lengths ∝
   steps), so `grouplat export --generate-schedule` can serve it.
 
+The per-group counts of `--splits` are also measured as a round trip (encode then decode with the
+same solver and split) of held-out images, for models of the procedural shapes: what an editing
+caller sees of an unedited photograph, and where a one-way-accurate setting can still lose.
+
 Writes OUT/solvers.json and OUT/solvers.md and prints the Markdown.
 """
 
@@ -68,7 +72,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from grouplat.tools.evaluation.cli import Engine, load_model
+    from grouplat.tools.evaluation.cli import Engine, held_out_shapes, load_model
 
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key, None) is None:
@@ -108,8 +112,12 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        try:
+            images = held_out_shapes(path, model.space.shape).images(np.arange(args.latents))
+        except ValueError:  # not a shapes model: no held-out images to round-trip
+            images = None
         report["models"][path] = study(
-            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, fitting, solvers
+            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, fitting, solvers, images
         )
     report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
@@ -130,18 +138,24 @@ def study(
     probe: int,
     splits: tuple[list[int], ...] = (),
     solvers: Sequence[str] = SOLVERS,
+    images: np.ndarray | None = None,
 ) -> dict:
     """Every measurement of one model (a `grouplat.tools.evaluation.measure.Model`); `splits` are
-    per-group step counts measured with every solver (tau spacing) beside the curves."""
+    per-group step counts measured with every solver (tau spacing) beside the curves, and as a round
+    trip of `images` when given."""
     k = model.space.k
     latents = np.random.default_rng(0).standard_normal((count, *model.space.latent_shape)).astype(np.float32)
 
     def decode(
-        solver: str, steps: int | list[int], spacing: str = "tau", velocity: Velocity | None = None
+        solver: str,
+        steps: int | list[int],
+        spacing: str = "tau",
+        velocity: Velocity | None = None,
+        start: np.ndarray | None = None,
     ) -> Any:
         return grouplat.decode(
-            velocity or model.velocity, latents, model.space, model.generate, steps, solver, spacing,
-            std=model.std, mean=model.mean, hide=model.hide,
+            velocity or model.velocity, latents if start is None else start, model.space, model.generate,
+            steps, solver, spacing, std=model.std, mean=model.mean, hide=model.hide,
         )  # fmt: skip
 
     reference = decode("gei2m", reference_steps)
@@ -153,6 +167,7 @@ def study(
         "curves": {},
         "errors": {},
         "splits": {},
+        "round_trip": {},
     }
     for solver in solvers:
         per_step = NFE_PER_STEP[solver]
@@ -173,6 +188,13 @@ def study(
             result["curves"][name] = {
                 str(sum(counts) * per_step): round(psnr(decode(solver, counts), reference), 2)
             }
+            if images is not None:
+                latents = grouplat.encode(
+                    model.velocity, images, model.space, model.generate, counts, solver,
+                    std=model.std, mean=model.mean, hide=model.hide,
+                )  # fmt: skip
+                back = decode(solver, counts, "tau", None, latents)
+                result["round_trip"][name] = round(psnr(back, images), 2)
         if fits is not None:
             steps = split_steps("measured", model.generate, target // per_step, fits)
             result["splits"][solver] = {"steps": steps, "schedule": Schedule.from_steps(steps).text}
@@ -246,6 +268,11 @@ def markdown(report: dict) -> str:
         for name, curve in r["curves"].items():
             cells = [f"{curve[str(n)]:.1f}" if str(n) in curve else "" for n in nfes]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if r.get("round_trip"):
+            trips = ", ".join(f"{name} {db:.1f}" for name, db in r["round_trip"].items())
+            count = report["settings"]["latents"]
+            lines += ["", f"Round trip of {count} held-out images (encode, then decode, same solver and "
+                      f"split), PSNR (dB): {trips}."]  # fmt: skip
         if r["splits"]:
             lines += [
                 "",
