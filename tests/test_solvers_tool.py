@@ -56,9 +56,10 @@ def test_solvers_quick_measures_every_setting_and_serves_the_measured_split(tmp_
     assert result["best"]["setting"] in result["curves"]
     assert "| gei2m/tau/4-3-3-2 |" in (out / "solvers.md").read_text()
     assert set(result["round_trip"]) == {f"{s}/tau/{c}" for s in SOLVERS for c in ("3-2-2-1", "4-3-3-2")}
-    assert all(np.isfinite(db) for db in result["round_trip"].values()) and "Round trip of 2" in (
-        out / "solvers.md"
-    ).read_text()
+    assert (
+        all(np.isfinite(db) for db in result["round_trip"].values())
+        and "Round trip of 2" in (out / "solvers.md").read_text()
+    )
     capsys.readouterr()
     assert grouplat_main([*args[:2], "--quick", "--splits", "3,2,2", "--out", str(out)]) == 2
     assert "--splits needs 4 positive counts" in capsys.readouterr().err
@@ -67,3 +68,16 @@ def test_solvers_quick_measures_every_setting_and_serves_the_measured_split(tmp_
     assert grouplat_main([*args[:2], "--quick", "--solvers", "gei3ab", "--out", str(out)]) == 0
     only = json.loads((out / "solvers.json").read_text())["models"][checkpoint]["curves"]
     assert only and all(name.startswith("gei3ab/") for name in only)
+
+
+def test_round_trips_leave_the_one_way_curves_alone(tmp_path) -> None:
+    """Measuring round trips of held-out images changes no one-way figure (each decodes the same latents)."""
+    from grouplat.tools.evaluation.cli import Engine, held_out_shapes, load_model
+    from grouplat.tools.solvers import study
+
+    checkpoint = tiny_grouped_checkpoint(tmp_path / "model")
+    model = load_model(checkpoint, "tiny", Engine("onnx", 1))
+    images = held_out_shapes(checkpoint, model.space.shape).images(np.arange(2))
+    args = (model, [8], 2, 16, 8, 2, ([3, 2, 2, 1], [4, 3, 3, 2]), ["gei3ab"])
+    alone, with_images = study(*args), study(*args, images)
+    assert with_images["curves"] == alone["curves"] and len(with_images["round_trip"]) == 2

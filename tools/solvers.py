@@ -189,11 +189,11 @@ def study(
                 str(sum(counts) * per_step): round(psnr(decode(solver, counts), reference), 2)
             }
             if images is not None:
-                latents = grouplat.encode(
+                encoded = grouplat.encode(
                     model.velocity, images, model.space, model.generate, counts, solver,
                     std=model.std, mean=model.mean, hide=model.hide,
                 )  # fmt: skip
-                back = decode(solver, counts, "tau", None, latents)
+                back = decode(solver, counts, "tau", None, encoded)
                 result["round_trip"][name] = round(psnr(back, images), 2)
         if fits is not None:
             steps = split_steps("measured", model.generate, target // per_step, fits)
