@@ -29,6 +29,7 @@ Callback = Callable[[int, float, np.ndarray], None]
 SOLVERS = ("euler", "heun", "gei1", "gei2m", "gei2ab", "gei3ab")
 # network evaluations per ODE step: a solve costs NFE_PER_STEP[solver] × its steps
 NFE_PER_STEP = {"euler": 1, "heun": 2, "gei1": 1, "gei2m": 2, "gei2ab": 1, "gei3ab": 1}
+ADAMS_ORDER = {"gei2ab": 2, "gei3ab": 3}  # the multistep solvers: residuals of this many steps
 # knot spacing inside a group's phase (`phase_levels`): even in α, or even in the Gaussian flow's τ
 SPACINGS = ("uniform", "tau")
 DEFAULT_STD_RANGE = (0.1, 10.0)  # coefficient std range assumed by `tau` spacing without stats
@@ -349,7 +350,7 @@ def solve_steps(
         f = yield pixels, np.broadcast_to(levels, (batch, space.k)).copy()
         return space.basis.to_latent(np.asarray(f, dtype=np.float32))[..., space.indices(phase + 1)]
 
-    history: list[tuple[float, np.ndarray]] = []  # gei?ab: (α, residual) of the phase's steps, newest first
+    history: list[tuple[np.ndarray, np.ndarray]] = []  # gei?ab: (τ, residual) of the phase, newest first
     previous_phase = -1
     for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
         phase = int(schedule.active(0.5 * (t0 + t1)))
@@ -375,22 +376,22 @@ def solve_steps(
                 midpoint[..., members] = part.advance(x0, residual, a0, a_mid)
                 u_mid = yield from group_velocity(midpoint, float(t_mid), phase)
                 residual = part.residual(midpoint[..., members].astype(np.float64), u_mid, a_mid)
-            elif solver in ("gei2ab", "gei3ab"):  # gei1, then gei2ab, then the named order
-                history = [(a0, residual), *history[: int(solver[3]) - 1]]
-                residual = _adams_mean(part, history, a1)
+            elif solver in ADAMS_ORDER:  # gei1, then gei2ab, then the named order
+                history = [(part.tau(a0), residual), *history[: ADAMS_ORDER[solver] - 1]]
+                residual = _adams_mean(history, part.tau(a1))
             x[..., members] = part.advance(x0, residual, a0, a1)
         if callback is not None:
             callback(i, float(t1), x)
     return x
 
 
-def _adams_mean(part: GaussianPart, history: list[tuple[float, np.ndarray]], to: float) -> np.ndarray:
-    """The mean over the step from history[0]'s α to `to`, in τ, of the polynomial through the
-    residuals in history (1–3 of them, newest first): the residual an Adams–Bashforth step holds.
-    Node offsets d_i = τ_i − τ_0 and the step h are per coefficient (τ depends on σ)."""
-    tau0 = part.tau(history[0][0])
-    h = part.tau(to) - tau0
-    nodes = [part.tau(alpha) - tau0 for alpha, _ in history]
+def _adams_mean(history: list[tuple[np.ndarray, np.ndarray]], tau_end: np.ndarray) -> np.ndarray:
+    """The mean over the step from history[0]'s τ to `tau_end` of the polynomial in τ through the
+    residuals in history (1–3 (τ, residual) pairs, newest first): the residual an Adams–Bashforth
+    step holds. τ, the node offsets d_i = τ_i − τ_0 and the step h are per coefficient."""
+    tau0 = history[0][0]
+    h = tau_end - tau0
+    nodes = [tau - tau0 for tau, _ in history]
     mean = np.zeros_like(history[0][1])
     for i, (_, residual) in enumerate(history):
         others = nodes[:i] + nodes[i + 1 :]
