@@ -140,7 +140,10 @@ class Latents:
             group_boundaries=list(boundaries) if boundaries is not None else [],
             group_of=[] if boundaries is not None else self.space.group_of.tolist(),
             settings=latent_pb2.GenerationSettings(
-                solver=self.settings.solver, steps=self.settings.steps, schedule=self.settings.schedule
+                solver=self.settings.solver,
+                steps=self.settings.steps,
+                schedule=self.settings.schedule,
+                encode_schedule=self.settings.encode_schedule or "",
             ),
             dtype=DTYPES[self.dtype],
             count=len(self.values),
@@ -169,7 +172,8 @@ class Latents:
         space = LatentSpace(shape, code.basis, groups)  # only now: its basis is O(H² + W²)
         item = np.dtype("<" + ("f4" if dtype == "float32" else "f2"))
         values = np.frombuffer(code.coefficients, dtype=item).reshape(code.count, *space.latent_shape)
-        settings = Settings(code.settings.solver, int(code.settings.steps), code.settings.schedule)
+        s = code.settings
+        settings = Settings(s.solver, int(s.steps), s.schedule, encode_schedule=s.encode_schedule or None)
         return cls(values.astype(np.float32), code.fingerprint, space, settings, dtype, code.model_version)
 
     def to_bytes(self) -> bytes:

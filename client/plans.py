@@ -19,6 +19,7 @@ version serves are refused (`ModelMismatchError`), or with `force=True` decoded 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -137,11 +138,10 @@ class Plans(Transport):
         ]
         if stream:
             return (yield from self._plan_stream(model, chunks, output, settings, served))
+        parameters = request_parameters(model, settings)
         parts = []
         for chunk in chunks:
-            request = InferRequest(
-                model, chunk, output, settings.parameters(), fingerprint=served.fingerprint
-            )
+            request = InferRequest(model, chunk, output, parameters, fingerprint=served.fingerprint)
             parts.append((yield request))
         return np.concatenate(parts).astype(np.float32)
 
@@ -162,8 +162,9 @@ class Plans(Transport):
         k = served.space.k
         streams = []
         for chunk in chunks:
+            parameters = request_parameters(model, settings)
             request = StreamRequest(
-                model, chunk, output, settings.parameters(), fingerprint=served.fingerprint, phases=k
+                model, chunk, output, parameters, fingerprint=served.fingerprint, phases=k
             )
             streams.append((yield request))
         phase = 0
@@ -339,6 +340,16 @@ class Plans(Transport):
         z = yield from self._plan_latents(latent, force, wanted, info, single="variations")
         varied = z.replace(grouplat.variations(z.space, z.values[0], keep, n, seed))
         return (yield from self._plan_decode(varied, force, wanted))
+
+
+def request_parameters(model: str, settings: Settings) -> dict[str, str | int]:
+    """The request parameters of `settings` for one model: only the schedule of the direction it
+    runs (an encode sends the encode's as `schedule`, a decode the decode's; mix sends both)."""
+    if STREAMS.get(model, model) == ENCODE:
+        return settings.encoding().parameters()
+    if STREAMS.get(model, model) == DECODE:
+        return replace(settings, encode_schedule=None).parameters()
+    return settings.parameters()
 
 
 def _finite(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:

@@ -8,7 +8,9 @@ version's. `served_versions` reads every version, falling back to the top-level 
 config that lists none (a repository written before versions could coexist).
 
 Precedence, in `Wanted.resolve`: keyword overrides (`steps=30`) > the `settings` object > the
-latents' own settings (decode: they invert the encode that made them) > the served model's defaults.
+latents' own settings (decode: the settings their encode was made with, whose `schedule` is the
+decode's and `encode_schedule` the encode's own) > the served model's defaults. Schedules go in
+pairs: a `schedule` given at some level, with that level's `encode_schedule`, replaces both.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from grouplat.client.errors import ServerError
 from grouplat.client.latents import Settings
 from grouplat.schedule import Schedule
 from grouplat.serving.contract import (
+    ENCODE_SCHEDULE_PARAM,
     FINGERPRINT_PARAM,
     GENERATE_SCHEDULE_PARAM,
     HIDE_PARAM,
@@ -32,7 +35,7 @@ from grouplat.serving.contract import (
 )
 from grouplat.space import LatentSpace
 
-DEFAULTS = (GENERATE_SCHEDULE_PARAM, STEPS_PARAM, SOLVER_PARAM)  # a version's own serving defaults
+DEFAULTS = (GENERATE_SCHEDULE_PARAM, ENCODE_SCHEDULE_PARAM, STEPS_PARAM, SOLVER_PARAM)  # a version's own
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class ServedModel:
 
     fingerprint: str
     space: LatentSpace
-    settings: Settings  # the generation defaults (config `solver`, `steps`, `generate_schedule`)
+    # the generation defaults (config `solver`, `steps`, `generate_schedule`, `encode_schedule`)
+    settings: Settings
     train_schedule: str
     hide: bool
     # Its Triton version number; "" when the config lists no versions and the client pins none.
@@ -87,7 +91,10 @@ class ServedModel:
         try:
             space = LatentSpace.from_description(json.loads(params[SPACE_PARAM]))
             settings = Settings(
-                params[SOLVER_PARAM], int(params[STEPS_PARAM]), params[GENERATE_SCHEDULE_PARAM]
+                params[SOLVER_PARAM],
+                int(params[STEPS_PARAM]),
+                params[GENERATE_SCHEDULE_PARAM],
+                encode_schedule=params.get(ENCODE_SCHEDULE_PARAM) or None,  # absent: one schedule
             )
             settings = settings.check(space.k)
         except (TypeError, ValueError, KeyError) as e:
@@ -216,14 +223,20 @@ class Wanted:
     def resolve(self, info: ServedModel, base: Settings | None = None) -> Settings:
         """Keywords over `settings` over `base` (a latent's own) over the model's defaults, checked.
 
-        A field left None falls through to the next; the server applies its own spacing (it is not
+        A field left None falls through to the next; the schedules fall through as a pair (a
+        keyword `schedule` serves both directions). The server applies its own spacing (it is not
         a request parameter).
         """
         fallback = base or info.settings
         start = self.settings or fallback
-        schedules = (self.schedule, start.schedule, fallback.schedule)
+        levels = ((self.schedule, None), (start.schedule, start.encode_schedule))
+        schedule, encode_schedule = next(
+            (pair for pair in levels if pair[0] is not None),
+            (fallback.schedule, fallback.encode_schedule),
+        )
         return Settings(
             self.solver if self.solver is not None else start.solver,
             self.steps if self.steps is not None else start.steps,
-            next((s for s in schedules if s is not None), None),
+            schedule,
+            encode_schedule=encode_schedule,
         ).check(info.space.k)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grouplat.settings import DEFAULT_ENCODE_GROUP_STEPS, DEFAULT_GROUP_STEPS
 from grouplat.solvers import SOLVERS
 
 
@@ -52,8 +53,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--solver", choices=SOLVERS, default=d.solver, help="default solver")
     p.add_argument(
         "--generate-schedule",
-        help="default generation schedule (cut points); "
-        "default: the paper's 0.1,0.2,0.3 for 4 groups, else the training schedule",
+        help="default generation (decode) schedule (cut points); default: the measured split "
+        f"{list(DEFAULT_GROUP_STEPS)} for 4 groups, else the training schedule",
+    )
+    p.add_argument(
+        "--encode-schedule",
+        help="default encode schedule (cut points); default: the measured split "
+        f"{list(DEFAULT_ENCODE_GROUP_STEPS)} for 4 groups, else the generation schedule",
     )
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="velocity engine's max batch")
     p.add_argument("--request-batch", type=int, default=d.request_batch, help="max images per request")
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         velocity_call=args.velocity_call,
         generate_schedule=args.generate_schedule,
+        encode_schedule=args.encode_schedule,
         steps=args.steps,
         solver=args.solver,
         max_batch=args.max_batch,

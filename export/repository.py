@@ -27,14 +27,26 @@ from grouplat.serving.configs import ENGINES, ServingOptions, orchestrator_confi
 # packages), found through importlib.resources in a checkout and in an installed wheel alike.
 SERVING = resources.files("grouplat.serving")
 DEFAULT_OPTIONS = ServingOptions()
-DEFAULTS_FILE = "defaults.json"  # per version: its default generate schedule, steps and solver
+DEFAULTS_FILE = "defaults.json"  # per version: its default schedules, steps and solver
+DEFAULT_PARAMS = (c.GENERATE_SCHEDULE_PARAM, c.ENCODE_SCHEDULE_PARAM, c.STEPS_PARAM, c.SOLVER_PARAM)
 __all__ = ["ENGINES", "ServingOptions", "write_repository"]
 
 
 def default_generate_schedule(info: ModelInfo, options: ServingOptions) -> Schedule:
+    """The served default decode schedule: the option's, else the measured one (grouplat.settings)."""
     if options.generate_schedule is not None:
         return Schedule.parse(options.generate_schedule, info.space.k)
     return settings.default_generate_schedule(info.space.k, info.train_schedule)
+
+
+def default_encode_schedule(info: ModelInfo, options: ServingOptions) -> Schedule:
+    """The served default encode schedule: the option's, else the generation schedule when that
+    was given, else the measured one."""
+    if options.encode_schedule is not None:
+        return Schedule.parse(options.encode_schedule, info.space.k)
+    if options.generate_schedule is not None:
+        return default_generate_schedule(info, options)
+    return settings.default_encode_schedule(info.space.k, info.train_schedule)
 
 
 def write_repository(
@@ -71,6 +83,7 @@ def write_repository(
     generate = default_generate_schedule(info, options)
     defaults = {
         c.GENERATE_SCHEDULE_PARAM: generate.text,
+        c.ENCODE_SCHEDULE_PARAM: default_encode_schedule(info, options).text,
         c.STEPS_PARAM: str(options.steps),
         c.SOLVER_PARAM: options.solver,
     }
@@ -132,7 +145,7 @@ def version_parameters(root: Path) -> dict[str, str]:
         c.SPACE_PARAM: json.dumps(newest["space"]),
         c.TRAIN_SCHEDULE_PARAM: Schedule.from_description(newest["train_schedule"]).text,
         c.HIDE_PARAM: str(int(newest["hide"])),
-        **{key: newest[key] for key in (c.GENERATE_SCHEDULE_PARAM, c.STEPS_PARAM, c.SOLVER_PARAM)},
+        **{key: newest[key] for key in DEFAULT_PARAMS if key in newest},
         c.VERSIONS_PARAM: json.dumps(dict(sorted(versions.items(), key=lambda kv: int(kv[0])))),
     }
 

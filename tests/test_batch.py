@@ -106,6 +106,10 @@ def test_encode_200_images_and_decode_them_back(src: Path, pixels: np.ndarray, s
         assert table.column("shape").to_pylist() == [[3, 256]] * N
         z = Latents.concat([Latents.from_bytes(b) for b in table.column("latent").to_pylist()])
         assert (z.settings.solver, z.settings.steps) == ("gei2m", 4)
+        # encoded with the served encode schedule; the decode schedule kept for decoding
+        served = info.settings
+        assert (z.settings.schedule, z.settings.encode_schedule) == (served.schedule, served.encode_schedule)
+        assert served.encode_schedule is not None
         decoded = client.decode(z)  # with the settings stored in each code
     error = float(np.abs(decoded - as_model(pixels)).max())
     print(f"200 latents decoded back: max |decoded − image| = {error:.2e} ({summary.rate:.0f} items/s)")

@@ -32,7 +32,12 @@ from grouplat.client import (
 )
 from grouplat.client.transport import ConfigRequest, Deadline, InferRequest
 from grouplat.serving.server import EmbeddedServer, _free_ports
-from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS, default_generate_schedule
+from grouplat.settings import (
+    DEFAULT_SOLVER,
+    DEFAULT_STEPS,
+    default_encode_schedule,
+    default_generate_schedule,
+)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,7 +73,34 @@ def test_reads_the_model_once(client: Client, oracle_server: EmbeddedServer) -> 
     assert info.space == grouplat.LatentSpace((3, 16, 16), "dct", (30, 100, 200))
     served = (info.settings.solver, info.settings.steps, info.settings.schedule)
     assert served == (DEFAULT_SOLVER, DEFAULT_STEPS, default_generate_schedule(4).cuts)
+    assert info.settings.encode_schedule == default_encode_schedule(4).cuts
     assert info.hide and client.info() is info
+
+
+def test_each_direction_sends_its_own_default_schedule(
+    client: Client, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encode with the served encode schedule, decode its latents with the served decode schedule;
+    the latents keep both (their file too)."""
+    sent: list[InferRequest] = []
+    call = client._call
+
+    def record(request: ConfigRequest | InferRequest, deadline: Deadline) -> object:
+        if isinstance(request, InferRequest):
+            sent.append(request)
+        return call(request, deadline)
+
+    monkeypatch.setattr(client, "_call", record)
+    z = client.encode(images[:1])
+    client.decode(Latents.from_bytes(z.to_bytes()))
+    client.decode(z, schedule="0.3,0.5,0.7")
+    encode_schedule, decode_schedule = default_encode_schedule(4).cuts, default_generate_schedule(4).cuts
+    assert [(r.model, r.parameters.get("schedule"), "encode_schedule" in r.parameters) for r in sent] == [
+        ("encode", encode_schedule, False),
+        ("decode", decode_schedule, False),
+        ("decode", "0.3,0.5,0.7", False),
+    ]
+    assert (z.settings.schedule, z.settings.encode_schedule) == (decode_schedule, encode_schedule)
 
 
 def test_round_trip_psnr_at_default_steps(client: Client, images: np.ndarray) -> None:

@@ -41,3 +41,29 @@ def test_bad_settings_fail_before_anything_is_sent() -> None:
         client.decode(z, settings={"steps": 30})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown solver"):
         Wanted(solver="rk4").resolve(MODEL)
+
+
+def test_schedules_fall_through_as_a_pair() -> None:
+    """A model serves an encode and a decode schedule; whoever gives a schedule gives both."""
+    served = Settings("gei3ab", 36, "0.2,0.4,0.6", encode_schedule="0.1,0.2,0.3").check(4)
+    model = ServedModel("ab" * 32, SPACE, served, "0.1,0.2,0.3", True)
+    assert Wanted().resolve(model) == served
+    assert Wanted().resolve(model).encoding().schedule == "0.1,0.2,0.3"
+    assert Wanted(steps=12).resolve(model).encode_schedule == "0.1,0.2,0.3"
+    # a latent encoded at the served pair is decoded by the pair's decode schedule
+    made = Wanted().resolve(model)
+    assert Wanted().resolve(model, made).schedule == "0.2,0.4,0.6"
+    # a schedule given (keyword, object or a latent's own single one) serves both directions
+    one = "0.3,0.5,0.7"
+    for wanted, base in ((Wanted(schedule=one), None), (Wanted(Settings(schedule=one)), None),
+                         (Wanted(), Settings("euler", 30, one))):  # fmt: skip
+        resolved = wanted.resolve(model, base)
+        assert (resolved.schedule, resolved.encode_schedule) == ("0.3,0.5,0.7", None)
+        assert resolved.encoding().schedule == "0.3,0.5,0.7"
+
+
+def test_latent_files_keep_the_encode_schedule() -> None:
+    pair = Settings("gei3ab", 36, "0.2,0.4,0.6", encode_schedule="0.1,0.2,0.3").check(4)
+    for settings in (pair, OWN.check(4)):
+        z = Latents(np.zeros((1, 3, 256), np.float32), MODEL.fingerprint, SPACE, settings)
+        assert Latents.from_bytes(z.to_bytes()).settings == settings

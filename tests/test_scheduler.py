@@ -154,6 +154,36 @@ def test_a_failing_query_fails_its_own_job_alone() -> None:
     np.testing.assert_array_equal(result["good"], core_decode(latents(1), settings))
 
 
+def test_both_paths_encode_with_the_encode_schedule_and_decode_with_the_other() -> None:
+    """The step scheduler's plans and the request path's orchestrator solve each direction with its
+    own schedule (Heun, not exact on Gaussian data, tells the schedules apart)."""
+    from grouplat.serving.orchestration import Orchestrator
+
+    settings = GenerationSettings("heun", 36, "0.2,0.4,0.6", encode_schedule="0.1,0.2,0.3").check(4)
+    x = oracle_images(ORACLE, 2)
+
+    def core(settings: GenerationSettings) -> dict:
+        return INFO.solve_args(
+            settings.generation_schedule(4), settings.steps, settings.solver, settings.spacing
+        )
+
+    want_z = grouplat.encode(ORACLE, x, **core(settings.encoding()))
+    assert np.abs(want_z - grouplat.encode(ORACLE, x, **core(settings))).max() > 1e-3
+    want_x = grouplat.decode(ORACLE, want_z, **core(settings))
+    scheduler, outcomes = Scheduler(ORACLE), Outcomes()
+    try:
+        scheduler.submit(Job(Plan(INFO, settings).encode(x), outcomes.finish("z")))
+        scheduler.submit(Job(Plan(INFO, settings).decode(want_z), outcomes.finish("x")))
+        stepped = outcomes.wait(2)
+    finally:
+        scheduler.close()
+    np.testing.assert_array_equal(stepped["z"], want_z)
+    np.testing.assert_array_equal(stepped["x"], want_x)
+    orchestrator = Orchestrator(INFO, ORACLE, settings)
+    np.testing.assert_array_equal(orchestrator.run(c.ENCODE, {c.IMAGE: x}, settings), want_z)
+    np.testing.assert_array_equal(orchestrator.run(c.DECODE, {c.LATENT: want_z}, settings), want_x)
+
+
 def test_served_decode_stream_sends_a_preview_per_phase_then_the_decode(tmp_path: Path) -> None:
     repository = oracle_repository_at(tmp_path / "repo")
     x = oracle_images(ORACLE, 2)

@@ -21,7 +21,12 @@ from grouplat.export.repository import ServingOptions
 from grouplat.modelinfo import ModelInfo
 from grouplat.serving.engines import OnnxVelocity
 from grouplat.serving.server import EmbeddedServer
-from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS, default_generate_schedule
+from grouplat.settings import (
+    DEFAULT_SOLVER,
+    DEFAULT_STEPS,
+    default_encode_schedule,
+    default_generate_schedule,
+)
 
 
 def tensor(name, array, dtype="FP32"):
@@ -37,30 +42,36 @@ def call(server, model, inputs, **parameters):
 
 
 DEFAULT_SCHEDULE = default_generate_schedule(4).cuts
+DEFAULT_ENCODE_SCHEDULE = default_encode_schedule(4).cuts
 
 
 def in_process(
-    repository, operation, *args, steps=DEFAULT_STEPS, solver=DEFAULT_SOLVER, schedule=DEFAULT_SCHEDULE
+    repository,
+    operation,
+    *args,
+    steps=DEFAULT_STEPS,
+    solver=DEFAULT_SOLVER,
+    schedule=None,
+    encode_schedule=None,
 ):
-    """The same solve with the core solver over the same ONNX engine, no server."""
+    """The same solve with the core solver over the same ONNX engine, no server. Schedules: the
+    served pair by default; a `schedule` given serves both directions unless `encode_schedule` is."""
+    if schedule is None:
+        schedule, encode_schedule = DEFAULT_SCHEDULE, encode_schedule or DEFAULT_ENCODE_SCHEDULE
     info = ModelInfo.load(repository / "encode" / "1")
     velocity = OnnxVelocity(repository / "velocity" / "1" / "model.onnx")
     settings = dict(
-        space=info.space,
-        schedule=grouplat.Schedule.from_cuts(schedule),
-        steps=steps,
-        solver=solver,
-        std=info.std,
-        mean=info.mean,
-        hide=info.hide,
+        space=info.space, steps=steps, solver=solver, std=info.std, mean=info.mean, hide=info.hide
     )
+    decoding = dict(settings, schedule=grouplat.Schedule.from_cuts(schedule))
+    encoding = dict(settings, schedule=grouplat.Schedule.from_cuts(encode_schedule or schedule))
     if operation == "encode":
-        return grouplat.encode(velocity, args[0], **settings)
+        return grouplat.encode(velocity, args[0], **encoding)
     if operation == "decode":
-        return grouplat.decode(velocity, args[0], **settings)
+        return grouplat.decode(velocity, args[0], **decoding)
     a, b, groups = args
-    z = grouplat.encode(velocity, np.concatenate([a, b]), **settings)
-    return grouplat.decode(velocity, grouplat.mix(info.space, z[: len(a)], z[len(a) :], groups), **settings)
+    z = grouplat.encode(velocity, np.concatenate([a, b]), **encoding)
+    return grouplat.decode(velocity, grouplat.mix(info.space, z[: len(a)], z[len(a) :], groups), **decoding)
 
 
 def test_served_velocity_is_the_oracle(oracle, oracle_server):
@@ -106,6 +117,29 @@ def test_request_parameters_change_the_result(oracle, oracle_server, oracle_repo
     assert np.abs(other - call(oracle_server, "encode", [("IMAGE", x)], solver="heun")).max() > 1e-3
 
 
+def test_encode_and_decode_have_their_own_default_schedules(oracle, oracle_server, oracle_repository):
+    """Served defaults: an S1-heavy encode, an S1-light decode; a request's `schedule` serves both
+    directions unless it gives `encode_schedule` too. Heun, not exact on Gaussian data, tells the
+    schedules apart (at the default 36 steps, where the two splits differ)."""
+    assert DEFAULT_SCHEDULE != DEFAULT_ENCODE_SCHEDULE
+    x = oracle_images(oracle, 2)
+    z = call(oracle_server, "encode", [("IMAGE", x)], solver="heun")
+    np.testing.assert_allclose(z, in_process(oracle_repository, "encode", x, solver="heun"), atol=1e-4)
+    as_decode = in_process(oracle_repository, "encode", x, solver="heun", schedule=DEFAULT_SCHEDULE)
+    assert np.abs(z - as_decode).max() > 1e-3
+    images = call(oracle_server, "decode", [("LATENT", z)], solver="heun")
+    np.testing.assert_allclose(images, in_process(oracle_repository, "decode", z, solver="heun"), atol=1e-4)
+    groups = np.array([[True, False, False, False], [False, True, True, False]])
+    inputs = [("IMAGE_A", x), ("IMAGE_B", x[::-1]), ("GROUPS", groups, "BOOL")]
+    mixed = call(oracle_server, "mix", inputs, solver="heun")
+    expected = in_process(oracle_repository, "mix", x, x[::-1], groups, solver="heun")
+    np.testing.assert_allclose(mixed, expected, atol=1e-4)
+    pair = dict(schedule="0.6,0.8,0.9", encode_schedule="0.3,0.5,0.7")
+    z = call(oracle_server, "encode", [("IMAGE", x)], solver="heun", **pair)
+    expected = in_process(oracle_repository, "encode", x, solver="heun", **pair)
+    np.testing.assert_allclose(z, expected, atol=1e-4)
+
+
 def test_every_model_exposes_the_model_parameters(oracle_server, oracle_repository):
     client = grpcclient.InferenceServerClient(oracle_server.grpc_url)
     info = ModelInfo.load(oracle_repository / "encode" / "1")
@@ -114,6 +148,7 @@ def test_every_model_exposes_the_model_parameters(oracle_server, oracle_reposito
         assert params["fingerprint"]["string_value"] == info.fingerprint
         assert json.loads(params["space"]["string_value"]) == info.space.describe()
         assert params["generate_schedule"]["string_value"] == DEFAULT_SCHEDULE
+        assert params["encode_schedule"]["string_value"] == DEFAULT_ENCODE_SCHEDULE
         assert params["train_schedule"]["string_value"] == grouplat.PAPER_TRAIN
 
 

@@ -62,7 +62,9 @@ def test_solvers_quick_measures_every_setting_and_serves_the_measured_split(tmp_
     )
     capsys.readouterr()
     assert grouplat_main([*args[:2], "--quick", "--splits", "3,2,2", "--out", str(out)]) == 2
-    assert "--splits needs 4 positive counts" in capsys.readouterr().err
+    assert "--splits and --encode-split need 4 positive counts" in capsys.readouterr().err
+    assert grouplat_main([*args[:2], "--quick", "--encode-split", "3,2,0,2", "--out", str(out)]) == 2
+    assert "take positive counts" in capsys.readouterr().err
     assert grouplat_main([*args[:2], "--quick", "--solvers", "gei2m,rk4", "--out", str(out)]) == 2
     assert "--solvers takes names from" in capsys.readouterr().err
     assert grouplat_main([*args[:2], "--quick", "--solvers", "gei3ab", "--out", str(out)]) == 0
@@ -81,3 +83,8 @@ def test_round_trips_leave_the_one_way_curves_alone(tmp_path) -> None:
     args = (model, [8], 2, 16, 8, 2, ([3, 2, 2, 1], [4, 3, 3, 2]), ["gei3ab"])
     alone, with_images = study(*args), study(*args, images)
     assert with_images["curves"] == alone["curves"] and len(with_images["round_trip"]) == 2
+    # one encode for every split: a split's round trip then differs from its own-split one
+    shared = study(*args, images, [4, 3, 3, 2])
+    assert shared["curves"] == alone["curves"]
+    assert shared["round_trip"]["gei3ab/tau/4-3-3-2"] == with_images["round_trip"]["gei3ab/tau/4-3-3-2"]
+    assert shared["round_trip"]["gei3ab/tau/3-2-2-1"] != with_images["round_trip"]["gei3ab/tau/3-2-2-1"]

@@ -14,8 +14,9 @@ by a second reference at half the steps). Three ways to split the steps over the
   steps), so `grouplat export --generate-schedule` can serve it.
 
 The per-group counts of `--splits` are also measured as a round trip (encode then decode with the
-same solver and split) of held-out images, for models of the procedural shapes: what an editing
-caller sees of an unedited photograph, and where a one-way-accurate setting can still lose.
+same solver and split, or encode with `--encode-split` and decode with each split) of held-out
+images, for models of the procedural shapes: what an editing caller sees of an unedited
+photograph, and where a one-way-accurate setting can still lose.
 
 Writes OUT/solvers.json and OUT/solvers.md and prints the Markdown.
 """
@@ -63,6 +64,11 @@ def register(subparsers: Any) -> None:
         help="per-group step counts to measure too, S1 first, space-separated (e.g. '8,4,3,3 5,3,2,2')",
     )
     p.add_argument(
+        "--encode-split",
+        default="",
+        help="per-group step counts the round trips encode with (default: each split's own), e.g. 16,8,6,6",
+    )
+    p.add_argument(
         "--solvers", default=",".join(SOLVERS), help=f"solvers to measure (default {','.join(SOLVERS)})"
     )
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
@@ -80,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
     nfes = sorted({int(n) for n in str(args.nfe).split(",")})
     try:
         splits = [[int(n) for n in split.split(",")] for split in args.splits.split()]
-        if any(min(split) < 1 for split in splits):
+        encode_split = [int(n) for n in args.encode_split.split(",")] if args.encode_split else None
+        if any(min(split) < 1 for split in [*splits, *([encode_split] if encode_split else [])]):
             raise ValueError
     except ValueError:
         print(
-            f"grouplat solvers: --splits takes positive counts like '8,4,3,3 5,3,2,2', got {args.splits!r}",
+            "grouplat solvers: --splits and --encode-split take positive counts like '8,4,3,3 5,3,2,2', "
+            f"got {args.splits!r} and {args.encode_split!r}",
             file=sys.stderr,
         )
         return 2
@@ -106,9 +114,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"grouplat solvers: {error}", file=sys.stderr)
             return 2
         fitting = tuple(split for split in splits if len(split) == model.space.k)  # not a baseline's
-        if splits and not fitting and len(args.checkpoint) == 1:
+        if (splits and not fitting or encode_split and len(encode_split) != model.space.k) and len(
+            args.checkpoint
+        ) == 1:
             print(
-                f"grouplat solvers: --splits needs {model.space.k} positive counts each for {path}",
+                f"grouplat solvers: --splits and --encode-split need {model.space.k} positive counts each "
+                f"for {path}",
                 file=sys.stderr,
             )
             return 2
@@ -116,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
             images = held_out_shapes(path, model.space.shape).images(np.arange(args.latents))
         except ValueError:  # not a shapes model: no held-out images to round-trip
             images = None
+        encoding = encode_split if encode_split and len(encode_split) == model.space.k else None
         report["models"][path] = study(
-            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, fitting, solvers, images
-        )
+            model, nfes, args.latents, args.reference, args.target_nfe, args.probe, fitting, solvers, images,
+            encoding,
+        )  # fmt: skip
     report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,10 +152,11 @@ def study(
     splits: tuple[list[int], ...] = (),
     solvers: Sequence[str] = SOLVERS,
     images: np.ndarray | None = None,
+    encode_split: list[int] | None = None,
 ) -> dict:
     """Every measurement of one model (a `grouplat.tools.evaluation.measure.Model`); `splits` are
     per-group step counts measured with every solver (tau spacing) beside the curves, and as a round
-    trip of `images` when given."""
+    trip of `images` when given (encoded with `encode_split`, default each split's own)."""
     k = model.space.k
     latents = np.random.default_rng(0).standard_normal((count, *model.space.latent_shape)).astype(np.float32)
 
@@ -168,6 +182,7 @@ def study(
         "errors": {},
         "splits": {},
         "round_trip": {},
+        "encode_split": encode_split,
     }
     for solver in solvers:
         per_step = NFE_PER_STEP[solver]
@@ -183,17 +198,20 @@ def study(
                     steps = split_steps(split, model.generate, total, fits)
                     curve[str(nfe)] = round(psnr(decode(solver, steps, spacing), reference), 2)
                 result["curves"][f"{solver}/{spacing}/{split}"] = curve
+        encoded: dict[tuple[int, ...], np.ndarray] = {}
         for counts in splits:
             name = f"{solver}/tau/{'-'.join(map(str, counts))}"
             result["curves"][name] = {
                 str(sum(counts) * per_step): round(psnr(decode(solver, counts), reference), 2)
             }
             if images is not None:
-                encoded = grouplat.encode(
-                    model.velocity, images, model.space, model.generate, counts, solver,
-                    std=model.std, mean=model.mean, hide=model.hide,
-                )  # fmt: skip
-                back = decode(solver, counts, "tau", None, encoded)
+                by = tuple(encode_split or counts)
+                if by not in encoded:
+                    encoded[by] = grouplat.encode(
+                        model.velocity, images, model.space, model.generate, list(by), solver,
+                        std=model.std, mean=model.mean, hide=model.hide,
+                    )  # fmt: skip
+                back = decode(solver, counts, "tau", None, encoded[by])
                 result["round_trip"][name] = round(psnr(back, images), 2)
         if fits is not None:
             steps = split_steps("measured", model.generate, target // per_step, fits)
@@ -271,8 +289,9 @@ def markdown(report: dict) -> str:
         if r.get("round_trip"):
             trips = ", ".join(f"{name} {db:.1f}" for name, db in r["round_trip"].items())
             count = report["settings"]["latents"]
-            lines += ["", f"Round trip of {count} held-out images (encode, then decode, same solver and "
-                      f"split), PSNR (dB): {trips}."]  # fmt: skip
+            how = f"encoded with {r['encode_split']}" if r.get("encode_split") else "same split both ways"
+            lines += ["", f"Round trip of {count} held-out images (encode, then decode, same solver; {how}), "
+                      f"PSNR (dB): {trips}."]  # fmt: skip
         if r["splits"]:
             lines += [
                 "",

@@ -37,7 +37,8 @@ class ServingOptions:
     device: str = "cpu"  # cpu | gpu: where the velocity engine runs (instance kinds, ORT providers)
     precision: str = "fp32"  # torch engine: fp32 | bf16 | fp16 autocast
     velocity_call: str = "inprocess"  # how orchestrators call the engine: inprocess or bls
-    generate_schedule: str | None = None  # default generation schedule; None: the paper's for k=4
+    generate_schedule: str | None = None  # default decode schedule; None: the measured one for k=4
+    encode_schedule: str | None = None  # default encode schedule; None: the measured one for k=4
     steps: int = DEFAULT_STEPS  # default steps per request
     solver: str = DEFAULT_SOLVER
     max_batch: int = 64  # velocity engine's max batch (BLS merges steps of several requests)

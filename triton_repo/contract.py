@@ -32,14 +32,16 @@ for _stream, _operation in STREAMS.items():
     )
 
 # ---- request parameters (Triton request parameters; strings or integers) -------------------
-STEPS, SOLVER, SCHEDULE = "steps", "solver", "schedule"
-REQUEST_PARAMETERS = (STEPS, SOLVER, SCHEDULE)
+STEPS, SOLVER, SCHEDULE = "steps", "solver", "schedule"  # schedule: both directions, unless …
+ENCODE_SCHEDULE = "encode_schedule"  # … the encode's is given too (grouplat.settings)
+REQUEST_PARAMETERS = (STEPS, SOLVER, SCHEDULE, ENCODE_SCHEDULE)
 
 # ---- config parameters (every model's config.pbtxt `parameters`, string values) ------------
 FINGERPRINT_PARAM = "fingerprint"  # sha256 hex of the model
 SPACE_PARAM = "space"  # JSON LatentSpace description
 TRAIN_SCHEDULE_PARAM = "train_schedule"
-GENERATE_SCHEDULE_PARAM = "generate_schedule"  # the default generation schedule
+GENERATE_SCHEDULE_PARAM = "generate_schedule"  # the default generation (decode) schedule
+ENCODE_SCHEDULE_PARAM = "encode_schedule"  # the default encode schedule; absent: generate_schedule
 HIDE_PARAM = "hide"  # "1": hidden groups
 STEPS_PARAM, SOLVER_PARAM, SPACING_PARAM = "steps", "solver", "spacing"  # the request defaults
 OPERATION_PARAM = "operation"  # which orchestrator (encode / decode / mix)

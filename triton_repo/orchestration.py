@@ -63,7 +63,7 @@ class Orchestrator:
         self.max_cost = max_cost
 
     def settings(self, parameters: dict[str, Any]) -> GenerationSettings:
-        """Request parameters `steps`, `solver`, `schedule` over the model's defaults."""
+        """Request parameters `steps`, `solver`, `schedule`, `encode_schedule` over the model's defaults."""
         try:
             return self.defaults.with_parameters(parameters, self.space.k)
         except ValueError as error:
@@ -169,8 +169,10 @@ class Orchestrator:
         `owners` (the request of every image) and `cancelled` (per request) let the rows of a
         cancelled request stop using the engine (`LiveRows`); without them every row runs.
         """
-        schedule = settings.generation_schedule(self.space.k)
-        solve = self.info.solve_args(schedule, settings.steps, settings.solver, settings.spacing)
+        solve, encode_solve = (
+            self.info.solve_args(s.generation_schedule(self.space.k), s.steps, s.solver, s.spacing)
+            for s in (settings, settings.encoding())
+        )
 
         def engine(rows: np.ndarray | None) -> Velocity:
             return (
@@ -180,12 +182,12 @@ class Orchestrator:
             )
 
         if operation == c.ENCODE:
-            return encode(engine(owners), images=inputs[c.IMAGE], **solve)
+            return encode(engine(owners), images=inputs[c.IMAGE], **encode_solve)
         if operation == c.DECODE:
             return decode(engine(owners), latents=inputs[c.LATENT], **solve)
         a = inputs[c.IMAGE_A]
         both_owners = None if owners is None else np.concatenate([owners, owners])
-        both = encode(engine(both_owners), images=np.concatenate([a, inputs[c.IMAGE_B]]), **solve)
+        both = encode(engine(both_owners), images=np.concatenate([a, inputs[c.IMAGE_B]]), **encode_solve)
         mixed = ops.mix(self.space, both[: len(a)], both[len(a) :], inputs[c.GROUPS])
         return decode(engine(owners), latents=mixed, **solve)
 
@@ -228,6 +230,7 @@ def orchestrator_from_triton(args: dict[str, str], pb_utils: Any) -> tuple[Orche
         int(params[c.STEPS_PARAM]),
         params[c.GENERATE_SCHEDULE_PARAM],
         params.get(c.SPACING_PARAM, "tau"),
+        params.get(c.ENCODE_SCHEDULE_PARAM),  # repositories written before it: one schedule
     )
     max_cost = int(params.get(c.MAX_COST_PARAM, DEFAULT_MAX_COST))
     operation = params[c.OPERATION_PARAM]

@@ -35,6 +35,7 @@ import numpy as np
 
 from grouplat import ops
 from grouplat.modelinfo import ModelInfo
+from grouplat.schedule import Schedule
 from grouplat.serving import contract as c
 from grouplat.settings import GenerationSettings
 from grouplat.solvers import (
@@ -69,11 +70,7 @@ class Plan:
     preview: Preview | None = None
 
     def __post_init__(self) -> None:
-        space, s = self.info.space, self.settings
-        self.schedule = s.generation_schedule(space.k)
-        self.per_group = allocate_steps(self.schedule, s.steps)
-        ranges = group_std_ranges(space, self.info.std)
-        self.grid = time_grid(self.schedule, self.per_group.tolist(), s.spacing, ranges)  # ascending
+        self.schedule, self.per_group, self.grid = self._grid(self.settings)  # the decode's
         # ascending-grid index range of each group's phase (phases run finest first in forward time)
         self.bounds: dict[int, tuple[int, int]] = {}
         start = 0
@@ -81,14 +78,24 @@ class Plan:
             self.bounds[int(j)] = (start, start + int(self.per_group[j]))
             start += int(self.per_group[j])
 
-    def _solve(self, state: np.ndarray, grid: np.ndarray) -> Program:
+    def _grid(self, settings: GenerationSettings) -> tuple[Schedule, np.ndarray, np.ndarray]:
+        """The schedule, steps per group and ascending time grid of `settings`."""
+        space = self.info.space
+        schedule = settings.generation_schedule(space.k)
+        per_group = allocate_steps(schedule, settings.steps)
+        ranges = group_std_ranges(space, self.info.std)
+        return schedule, per_group, time_grid(schedule, per_group.tolist(), settings.spacing, ranges)
+
+    def _solve(self, state: np.ndarray, grid: np.ndarray, schedule: Schedule | None = None) -> Program:
         info, s = self.info, self.settings
         return solve_steps(
-            state, info.space, self.schedule, grid, s.solver, info.hide, None, info.mean, info.std
+            state, info.space, schedule or self.schedule, grid, s.solver, info.hide, None, info.mean, info.std
         )
 
     def encode(self, images: np.ndarray) -> Program:
-        return self._solve(self.info.space.to_latent(images), self.grid)
+        """The encode direction: its own schedule (`settings.encoding()`)."""
+        schedule, _, grid = self._grid(self.settings.encoding())
+        return self._solve(self.info.space.to_latent(images), grid, schedule)
 
     def decode(self, latents: np.ndarray) -> Program:
         """Phase by phase, S1 first; rows sharing S1..Sj (or cached) compute phase j once.

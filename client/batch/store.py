@@ -232,7 +232,8 @@ def open_job(
     settings: dict[str, Any] = {"steps": task.steps, "solver": task.solver, "schedule": task.schedule}
     if task.op != "decode":  # resolved once (decode: the overrides of each latent's own settings)
         chosen = Wanted(None, task.steps, task.solver or None, task.schedule or None).resolve(info)
-        settings = {"steps": chosen.steps, "solver": chosen.solver, "schedule": chosen.schedule}
+        settings = {"steps": chosen.steps, "solver": chosen.solver, "schedule": chosen.schedule,
+                    "encode_schedule": chosen.encode_schedule}  # fmt: skip
     reference, reference_hash = reference_code(task, client, settings) if task.op == "mix" else (None, None)
     directory, images = layout(task.op, out)
     root = job_root(directory, images)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from grouplat.client.errors import ModelMismatchError
 from grouplat.client.images import load_image
-from grouplat.client.latents import DTYPES, Latents, read_code
+from grouplat.client.latents import DTYPES, Latents, Settings, read_code
 
 if TYPE_CHECKING:
     from grouplat.client.batch.sources import Source  # which imports the folder names from here
@@ -91,7 +91,7 @@ class Job:
     images: str | None  # decode, mix: the image folder, or the .zip assembled at the end
     fingerprint: str  # the model every server must serve
     shape: tuple[int, int, int]  # its image shape (C, H, W)
-    settings: dict[str, Any]  # passed to every call: resolved (encode, mix) or the overrides (decode)
+    settings: dict[str, Any]  # resolved (encode, mix: with both schedules) or the overrides (decode)
     shard_size: int
     items: int
     reference: bytes | None = None  # mix: the reference's latent code
@@ -160,6 +160,15 @@ def default_shard_size(shape: Sequence[int]) -> int:
     return int(min(DEFAULT_SHARD_SIZE, max(16, SHARD_BYTES // (4 * int(np.prod(shape))))))
 
 
+def call_settings(op: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """A job's settings as the arguments of its client calls: encode and mix resolved them once, as
+    one settings object (with the encode's own schedule); decode passes the overrides of each
+    latent's own settings as keywords."""
+    if op == "decode":
+        return settings
+    return {"settings": Settings(**settings)}
+
+
 def reference_code(task: Task, client: Client, settings: dict[str, Any]) -> tuple[bytes, str]:
     """Mix: the reference as one latent code (an image is encoded with `settings`) and its file's sha256.
 
@@ -178,5 +187,6 @@ def reference_code(task: Task, client: Client, settings: dict[str, Any]) -> tupl
             raise ModelMismatchError(f"the reference {task.reference} is a latent of another model")
     else:
         c, h, w = info.space.shape
-        ref = client.encode(load_image(task.reference, c, (h, w) if task.resize else None), **settings)
+        image = load_image(task.reference, c, (h, w) if task.resize else None)
+        ref = client.encode(image, **call_settings(task.op, settings))
     return ref[0].to_bytes(), hashlib.sha256(data).hexdigest()

@@ -13,7 +13,7 @@ import numpy as np
 
 from grouplat.client.batch.files import open_file, write_file
 from grouplat.client.batch.sources import ItemReader
-from grouplat.client.batch.task import ERROR, OK, TMP, Job, JobError, PlanRow
+from grouplat.client.batch.task import ERROR, OK, TMP, Job, JobError, PlanRow, call_settings
 from grouplat.client.client import Client
 from grouplat.client.images import to_pil
 from grouplat.client.latents import Latents, Settings
@@ -85,7 +85,8 @@ class Worker:
 
     def _request(self, items: list[Any]) -> list[Any]:
         """The server call for loaded items; one result per item. ValueError: a refused request."""
-        op, client, settings = self.job.task.op, self.client, self.job.settings
+        op, client = self.job.task.op, self.client
+        settings = call_settings(op, self.job.settings)
         if op == "encode":
             z = client.encode(np.stack(items), **settings)
             return [z[i] for i in range(len(z))]

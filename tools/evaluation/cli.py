@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from grouplat.schedule import Schedule
-from grouplat.settings import default_generate_schedule
+from grouplat.settings import default_encode_schedule, default_generate_schedule
 from grouplat.solvers import Velocity, chunked
 from grouplat.tools.evaluation import measure, metrics
 from grouplat.tools.evaluation.measure import FULL, QUICK, Budget, Model
@@ -114,14 +114,14 @@ def load_model(path: str, name: str, engine: Engine, schedule: str | None = None
         velocity = onnx_velocity(ckpt, engine.threads)
     else:
         velocity = ckpt.velocity(max_batch=CHUNK)
-    generate = (
-        Schedule.parse(schedule, ckpt.space.k)
-        if schedule
-        else default_generate_schedule(ckpt.space.k, ckpt.schedule)
-    )
+    if schedule:  # one schedule for both directions
+        generate = encoding = Schedule.parse(schedule, ckpt.space.k)
+    else:  # the served pair
+        generate = default_generate_schedule(ckpt.space.k, ckpt.schedule)
+        encoding = default_encode_schedule(ckpt.space.k, ckpt.schedule)
     return Model(
         name, str(ckpt.path), ckpt.fingerprint, ckpt.space, ckpt.schedule, generate, chunked(velocity, CHUNK),
-        ckpt.data_mean, ckpt.data_std, ckpt.hide,
+        ckpt.data_mean, ckpt.data_std, ckpt.hide, encoding,
     )  # fmt: skip
 
 

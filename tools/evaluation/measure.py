@@ -56,11 +56,12 @@ class Model:
     fingerprint: str
     space: LatentSpace
     train: Schedule  # the training schedule
-    generate: Schedule  # the generation schedule for everything but Table 1
+    generate: Schedule  # the generation (decode) schedule for everything but Table 1
     velocity: Velocity
     mean: np.ndarray  # per-coefficient data statistics [C, H·W]
     std: np.ndarray
     hide: bool
+    encoding: Schedule | None = None  # the encode's schedule; None: `generate`
 
     def _solve(self, solver: str, nfe: int, schedule: Schedule | None) -> dict:
         steps = nfe // NFE_PER_STEP[solver]
@@ -72,7 +73,7 @@ class Model:
         )  # fmt: skip
 
     def encode(self, images: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER) -> np.ndarray:
-        return encode(images=images, **self._solve(solver, nfe, None))
+        return encode(images=images, **self._solve(solver, nfe, self.encoding))
 
     def decode(
         self, latents: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER, schedule: Schedule | None = None
@@ -97,6 +98,7 @@ class Model:
             "space": self.space.describe(),
             "train_schedule": self.train.describe(),
             "generate_schedule": self.generate.describe(),
+            "encode_schedule": (self.encoding or self.generate).describe(),
             "hide": self.hide,
         }
 
