@@ -44,8 +44,8 @@ def bench_scheduler(
     instances: int | None = None,
     preview_split: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """`preview_split`: per-group steps whose time to the first preview is measured too (an S1-light
-    split shows what the default's accuracy-first split costs the first preview)."""
+    """`preview_split`: per-group steps whose time to the first preview is measured too (another
+    split beside the served decode split, e.g. the encode's S1-heavy one)."""
     import tritonclient.grpc as grpcclient
 
     from grouplat.export.repository import ServingOptions, write_repository
