@@ -168,3 +168,20 @@ def test_released_checkpoint_keeps_the_model_without_the_raw_weights(checkpoint,
     assert not any(k.startswith("raw.") for k in read_tensors(tmp_path / "release" / "model.safetensors"))
     x, levels = parity_inputs(model_info(original), 2)
     np.testing.assert_array_equal(released.velocity()(x, levels), original.velocity()(x, levels))
+
+
+def test_export_serves_a_schedule_per_direction(checkpoint, tmp_path, capsys):
+    """`--generate-schedule` (decode) and `--encode-schedule`; the encode's defaults to the decode's
+    when only that is given; a bad one is refused by name."""
+    repository = tmp_path / "repo"
+    args = ["export", str(checkpoint), "--repository", str(repository)]
+    assert grouplat_main([*args, "--generate-schedule", "0.5,0.8", "--encode-schedule", "0.3,0.6"]) == 0
+    params = json.loads((repository / "decode" / "1" / "defaults.json").read_text())
+    assert (params["generate_schedule"], params["encode_schedule"]) == ("0.5,0.8", "0.3,0.6")
+    assert 'key: "encode_schedule"' in (repository / "encode" / "config.pbtxt").read_text()
+    assert grouplat_main([*args, "--generate-schedule", "0.5,0.8", "--force", "--version", "1"]) == 0
+    params = json.loads((repository / "decode" / "1" / "defaults.json").read_text())
+    assert params["encode_schedule"] == "0.5,0.8"
+    capsys.readouterr()
+    assert grouplat_main([*args, "--encode-schedule", "0.6,0.3", "--force", "--version", "1"]) == 2
+    assert "bad encode schedule: schedule cuts must increase" in capsys.readouterr().err
