@@ -77,11 +77,8 @@ def test_reads_the_model_once(client: Client, oracle_server: EmbeddedServer) -> 
     assert info.hide and client.info() is info
 
 
-def test_each_direction_sends_its_own_default_schedule(
-    client: Client, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Encode with the served encode schedule, decode its latents with the served decode schedule;
-    the latents keep both (their file too)."""
+def record_requests(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[InferRequest]:
+    """The inference requests `client` sends from now on (it still sends them)."""
     sent: list[InferRequest] = []
     call = client._call
 
@@ -91,6 +88,15 @@ def test_each_direction_sends_its_own_default_schedule(
         return call(request, deadline)
 
     monkeypatch.setattr(client, "_call", record)
+    return sent
+
+
+def test_each_direction_sends_its_own_default_schedule(
+    client: Client, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encode with the served encode schedule, decode its latents with the served decode schedule;
+    the latents keep both (their file too)."""
+    sent = record_requests(client, monkeypatch)
     z = client.encode(images[:1])
     client.decode(Latents.from_bytes(z.to_bytes()))
     client.decode(z, schedule="0.3,0.5,0.7")
@@ -236,15 +242,7 @@ def test_settings_object_and_keywords_make_the_same_request(
     client: Client, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     z = client.encode(images[:2], solver="euler", steps=30)
-    sent: list[InferRequest] = []
-    call = client._call
-
-    def record(request: ConfigRequest | InferRequest, deadline: Deadline) -> object:
-        if isinstance(request, InferRequest):
-            sent.append(request)
-        return call(request, deadline)
-
-    monkeypatch.setattr(client, "_call", record)
+    sent = record_requests(client, monkeypatch)
     by_keywords = client.decode(z, steps=12, solver="gei2m")
     by_object = client.decode(z, settings=Settings("gei2m", 12))
     (a, b) = sent
