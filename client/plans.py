@@ -160,9 +160,9 @@ class Plans(Transport):
             ServerError: a stream that skips, repeats or reorders a phase, or whose chunks disagree.
         """
         k = served.space.k
+        parameters = request_parameters(model, settings)
         streams = []
         for chunk in chunks:
-            parameters = request_parameters(model, settings)
             request = StreamRequest(
                 model, chunk, output, parameters, fingerprint=served.fingerprint, phases=k
             )

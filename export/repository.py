@@ -35,7 +35,7 @@ __all__ = ["ENGINES", "ServingOptions", "write_repository"]
 def default_generate_schedule(info: ModelInfo, options: ServingOptions) -> Schedule:
     """The served default decode schedule: the option's, else the measured one (grouplat.settings)."""
     if options.generate_schedule is not None:
-        return _parse(options.generate_schedule, info, "generation schedule")
+        return settings.parse_schedule(options.generate_schedule, info.space.k, "generation schedule")
     return settings.default_generate_schedule(info.space.k, info.train_schedule)
 
 
@@ -43,17 +43,10 @@ def default_encode_schedule(info: ModelInfo, options: ServingOptions) -> Schedul
     """The served default encode schedule: the option's, else the generation schedule when that
     was given, else the measured one."""
     if options.encode_schedule is not None:
-        return _parse(options.encode_schedule, info, "encode schedule")
+        return settings.parse_schedule(options.encode_schedule, info.space.k, "encode schedule")
     if options.generate_schedule is not None:
         return default_generate_schedule(info, options)
     return settings.default_encode_schedule(info.space.k, info.train_schedule)
-
-
-def _parse(text: str, info: ModelInfo, name: str) -> Schedule:
-    try:
-        return Schedule.parse(text, info.space.k)
-    except ValueError as error:
-        raise ValueError(f"bad {name}: {error}") from None
 
 
 def write_repository(

@@ -85,10 +85,10 @@ class GenerationSettings:
             raise ValueError(f"steps must be an integer in {k}..{MAX_STEPS}, got {_short(steps)}")
         encode: str | Schedule | None = self.encode_schedule
         if self.schedule is not None:
-            schedule = _parse(self.schedule, k, "schedule")
+            schedule = parse_schedule(self.schedule, k, "schedule")
         else:  # the default pair (an encode schedule given alone is kept)
             schedule, encode = default_generate_schedule(k), encode or default_encode_schedule(k)
-        encoding = None if encode is None else _parse(encode, k, "encode schedule").text
+        encoding = None if encode is None else parse_schedule(encode, k, "encode schedule").text
         same = encoding == schedule.text
         return replace(
             self, steps=int(steps), schedule=schedule.text, encode_schedule=None if same else encoding
@@ -223,14 +223,25 @@ def _default(k: int, train: Schedule | None, split: tuple[int, ...]) -> Schedule
     return Schedule.from_cuts([j / k for j in range(1, k)])
 
 
-def _parse(spec: str | Schedule, k: int, name: str) -> Schedule:
-    """A schedule checked for k groups; ValueError naming `name` for a bad one."""
+def parse_schedule(spec: str | Schedule, k: int, name: str = "schedule") -> Schedule:
+    """A schedule checked for k groups (at most MAX_SCHEDULE_TEXT characters of text).
+
+    Raises:
+        ValueError: `bad <name>: <why>` for a malformed schedule or one without k groups.
+
+    Example:
+        >>> parse_schedule("0.5,0.3", 3, "encode schedule")
+        Traceback (most recent call last):
+        ...
+        ValueError: bad encode schedule: schedule cuts must increase strictly inside (0, 1), got '0.5,0.3'
+    """
     if isinstance(spec, str) and len(spec) > MAX_SCHEDULE_TEXT:
         raise ValueError(f"bad {name}: longer than {MAX_SCHEDULE_TEXT} characters")
     try:
         return Schedule.parse(spec, k)
     except (ValueError, TypeError, RecursionError) as error:
-        raise ValueError(f"bad {name}: {_short(str(error), 200)}") from None
+        reason = str(error)  # the parser's own words, which quote at most a short prefix of the spec
+        raise ValueError(f"bad {name}: {reason if len(reason) <= 200 else reason[:199] + '…'}") from None
 
 
 def _short(value: object, limit: int = 60) -> str:

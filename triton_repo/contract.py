@@ -31,10 +31,7 @@ for _stream, _operation in STREAMS.items():
         OUTPUTS[_operation],
     )
 
-# ---- request parameters (Triton request parameters; strings or integers) -------------------
-STEPS, SOLVER, SCHEDULE = "steps", "solver", "schedule"  # schedule: both directions, unless …
-ENCODE_SCHEDULE = "encode_schedule"  # … the encode's is given too (grouplat.settings)
-REQUEST_PARAMETERS = (STEPS, SOLVER, SCHEDULE, ENCODE_SCHEDULE)
+# ---- request parameters: grouplat.settings.REQUEST_PARAMETERS (read and written there only) ----
 
 # ---- config parameters (every model's config.pbtxt `parameters`, string values) ------------
 FINGERPRINT_PARAM = "fingerprint"  # sha256 hex of the model

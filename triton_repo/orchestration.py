@@ -169,10 +169,10 @@ class Orchestrator:
         `owners` (the request of every image) and `cancelled` (per request) let the rows of a
         cancelled request stop using the engine (`LiveRows`); without them every row runs.
         """
-        solve, encode_solve = (
-            self.info.solve_args(s.generation_schedule(self.space.k), s.steps, s.solver, s.spacing)
-            for s in (settings, settings.encoding())
-        )
+
+        def solve(direction: GenerationSettings) -> dict[str, Any]:
+            schedule = direction.generation_schedule(self.space.k)
+            return self.info.solve_args(schedule, direction.steps, direction.solver, direction.spacing)
 
         def engine(rows: np.ndarray | None) -> Velocity:
             return (
@@ -182,14 +182,15 @@ class Orchestrator:
             )
 
         if operation == c.ENCODE:
-            return encode(engine(owners), images=inputs[c.IMAGE], **encode_solve)
+            return encode(engine(owners), images=inputs[c.IMAGE], **solve(settings.encoding()))
         if operation == c.DECODE:
-            return decode(engine(owners), latents=inputs[c.LATENT], **solve)
+            return decode(engine(owners), latents=inputs[c.LATENT], **solve(settings))
         a = inputs[c.IMAGE_A]
         both_owners = None if owners is None else np.concatenate([owners, owners])
-        both = encode(engine(both_owners), images=np.concatenate([a, inputs[c.IMAGE_B]]), **encode_solve)
+        images = np.concatenate([a, inputs[c.IMAGE_B]])
+        both = encode(engine(both_owners), images=images, **solve(settings.encoding()))
         mixed = ops.mix(self.space, both[: len(a)], both[len(a) :], inputs[c.GROUPS])
-        return decode(engine(owners), latents=mixed, **solve)
+        return decode(engine(owners), latents=mixed, **solve(settings))
 
 
 def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
