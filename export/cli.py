@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
         default=d.engine,
         help="python: ONNX Runtime inside the "
         "embedded server; onnx / tensorrt: native backends of the NGC container; torch: the PyTorch "
-        "network in the Python backend (CUDA graphs on a GPU; needs --velocity-call bls)",
+        "network in the Python backend (CUDA graphs on a GPU; in-process, the orchestrators run it and keep "
+        "the ODE state on its device)",
     )
     p.add_argument(
         "--device",
@@ -47,7 +48,8 @@ def register(subparsers: Any) -> None:
         "--velocity-call",
         choices=CALL_MODES,
         default=d.velocity_call,
-        help="how encode/decode/mix call the engine: in-process ONNX Runtime, or BLS through Triton",
+        help="how encode/decode/mix call the engine: in-process (ONNX Runtime; with --engine torch "
+        "the torch engine, the whole ODE on its device), or BLS through the velocity model",
     )
     p.add_argument("--steps", type=int, default=d.steps, help="default ODE steps per request")
     p.add_argument("--solver", choices=SOLVERS, default=d.solver, help="default solver")

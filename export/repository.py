@@ -117,8 +117,15 @@ def write_repository(
         )
     if plan is not None:
         (target / "model.plan").write_bytes(plan)
+    # torch in-process: the orchestrators run the torch engine themselves (the ODE on its device)
+    in_torch = options.engine == "torch" and options.velocity_call == "inprocess"
+    orchestrator = (
+        (resources.files("grouplat.export") / "torch_orchestrator.py").read_bytes()
+        if in_torch
+        else adapter("orchestrator")
+    )
     for operation in c.ORCHESTRATORS:
-        (root / operation / str(version) / "model.py").write_bytes(adapter("orchestrator"))
+        (root / operation / str(version) / "model.py").write_bytes(orchestrator)
     # The configs describe every version (each loads: version_policy all); the top-level
     # parameters are the newest version's, which Triton serves to callers who name none.
     params = {**version_parameters(root), **engine}

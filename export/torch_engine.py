@@ -8,6 +8,7 @@ The orchestrators reach it through BLS (they stay torch-free).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,13 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from grouplat.serving import contract
+from grouplat.serving.orchestration import config_parameters
+
 logger = logging.getLogger(__name__)
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # batch sizes with a CUDA graph of their own
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchVelocity:
-    """`f(x_t [B, C, H, W], levels [B, k]) → [B, C, H, W]` (numpy float32 in and out)."""
+    """`f(x_t [B, C, H, W], levels [B, k]) → [B, C, H, W]` (float32; numpy, or torch tensors that
+    stay on the engine's device)."""
 
     def __init__(
         self,
@@ -67,19 +72,32 @@ class TorchVelocity:
             logger.info("velocity engine: CUDA graph captured for batch %d", bucket)
         return self.graphs[bucket]
 
-    def __call__(self, x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        n = len(x_t)
+    def __call__(self, x_t: Any, levels: Any) -> Any:
+        """numpy in, numpy out (through the host); a torch tensor in, a tensor out on this
+        engine's device with no host copy: the orchestrator's device-resident ODE loop."""
+        if isinstance(x_t, torch.Tensor):
+            return self.forward(x_t.to(self.device), levels.to(self.device))
+        x = torch.from_numpy(np.ascontiguousarray(x_t, np.float32)).to(self.device)
+        a = torch.from_numpy(np.ascontiguousarray(levels, np.float32)).to(self.device)
+        return self.forward(x, a).cpu().numpy()
+
+    def forward(self, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """The velocity of device tensors, as a new tensor (a CUDA graph's output is copied out:
+        the next replay overwrites it)."""
+        n = len(x)
         if self.use_graphs and n <= self.buckets[-1]:
             bucket = next(b for b in self.buckets if b >= n)
-            graph, x, a, out = self._graph(bucket, tuple(x_t.shape[1:]), levels.shape[1])
-            x[:n].copy_(torch.from_numpy(np.ascontiguousarray(x_t)), non_blocking=True)
-            a[:n].copy_(torch.from_numpy(np.ascontiguousarray(levels)), non_blocking=True)
+            graph, static_x, static_a, out = self._graph(bucket, tuple(x.shape[1:]), levels.shape[1])
+            static_x[:n].copy_(x)
+            static_a[:n].copy_(levels)
             graph.replay()
-            return out[:n].cpu().numpy()
+            return out[:n].clone()
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(x_t, np.float32)).to(self.device)
-            a = torch.from_numpy(np.ascontiguousarray(levels, np.float32)).to(self.device)
-            return self._forward(x, a).cpu().numpy()
+            return self._forward(x.float(), levels.float())
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on this engine's device: the state an ODE solve keeps there."""
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
 
 def load_torch_velocity(directory: str | Path, device: str, precision: str = "fp32") -> TorchVelocity:
@@ -88,3 +106,13 @@ def load_torch_velocity(directory: str | Path, device: str, precision: str = "fp
 
     checkpoint = load_checkpoint(directory)
     return TorchVelocity(checkpoint.network, device=device, precision=precision)
+
+
+def triton_engine(args: dict[str, str], directory: str | Path) -> TorchVelocity:
+    """The engine of one Triton model instance (the `velocity` model, or an orchestrator that runs
+    it in-process), weights from `directory`: config parameter `device` gpu puts it on the
+    instance's GPU (`cuda:<model_instance_device_id>`), `precision` picks the autocast."""
+    params = config_parameters(json.loads(args["model_config"]))
+    gpu = params.get(contract.DEVICE_PARAM, "cpu") == "gpu"
+    device = f"cuda:{args.get('model_instance_device_id') or 0}" if gpu else "cpu"
+    return load_torch_velocity(directory, device, params.get(contract.PRECISION_PARAM, "fp32"))

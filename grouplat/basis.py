@@ -1,12 +1,17 @@
 """Orthonormal bases U of the latent space (docs/design.md §1): `x̄ = Uᵀx`, `x = U x̄`.
 
 A latent is float32 [B, C, H·W]: per channel, the coefficients in the basis order.
-Both bases act per channel and identically on every channel.
+Both bases act per channel and identically on every channel, on numpy arrays or on device arrays
+(`grouplat.arrays`: the matrices are placed beside the input once per dtype and device).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from grouplat import arrays
 
 BASES = ("dct", "pixel")  # the names `Basis` and `LatentSpace` accept
 
@@ -57,8 +62,9 @@ class Basis:
     """Forward (`to_latent`) and inverse (`from_latent`) transform for one image shape.
 
     `dct` is separable, `X̄ = D_H X D_Wᵀ`, then permuted into `dct_order`; `pixel` is the identity
-    (coefficients are pixels in row-major order). Both keep the input's float dtype: float64 is
-    transformed in float64, float32 in float32.
+    (coefficients are pixels in row-major order). Both keep the input's float dtype (float64 is
+    transformed in float64, anything else in float32), library and device (a torch tensor on a
+    GPU is transformed there).
 
     Args:
         name: `dct` or `pixel` (BASES).
@@ -89,14 +95,19 @@ class Basis:
         self.name = name
         self.height = height
         self.width = width
-        if name == "dct":
-            self.order = dct_order(height, width)
-            d_h, d_w = dct_matrix(height), dct_matrix(width)  # built in float64, then cast
-            self._matrices: dict[type, tuple[np.ndarray, np.ndarray]] = {
-                t: (d_h.astype(t), d_w.astype(t)) for t in (np.float32, np.float64)
-            }
-        else:
-            self.order = np.arange(height * width)
+        self.order = dct_order(height, width) if name == "dct" else np.arange(height * width)
+        # per (library, dtype, device): D_H, D_W and the coefficient order, placed there once
+        self._placed: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+
+    def _constants(self, array: Any) -> tuple[Any, Any, Any]:
+        """D_H, D_W (in the array's float dtype) and the coefficient order, beside `array`."""
+        float64 = _is_float64(array)
+        key = (arrays.namespace(array).__name__, str(float64), str(getattr(array, "device", "cpu")))
+        if key not in self._placed:
+            dtype = np.float64 if float64 else np.float32  # built in float64, then cast
+            d_h, d_w = (dct_matrix(n).astype(dtype) for n in (self.height, self.width))
+            self._placed[key] = tuple(arrays.beside(c, array) for c in (d_h, d_w, self.order))  # type: ignore[assignment]
+        return self._placed[key]
 
     def to_latent(self, images: np.ndarray) -> np.ndarray:
         """Pixels to coefficients: `x̄ = Uᵀx`.
@@ -110,15 +121,16 @@ class Basis:
         Raises:
             ValueError: the last two axes are not (H, W).
         """
-        images = np.asarray(images)
+        xp = arrays.namespace(images)
+        images = xp.asarray(images)
         *lead, h, w = images.shape
         if (h, w) != (self.height, self.width):
             raise ValueError(f"expected images of size {self.height}×{self.width}, got {h}×{w}")
         if self.name == "pixel":
-            return images.reshape(*lead, h * w).copy()
-        d_h, d_w = self._matrices[_float_dtype(images)]
-        coefficients = d_h @ images @ d_w.T
-        return coefficients.reshape(*lead, h * w)[..., self.order]
+            return xp.asarray(xp.reshape(images, (*lead, h * w)), copy=True)
+        d_h, d_w, order = self._constants(images)
+        coefficients = d_h @ xp.astype(images, d_h.dtype, copy=False) @ d_w.T
+        return xp.reshape(coefficients, (*lead, h * w))[..., order]
 
     def from_latent(self, latents: np.ndarray) -> np.ndarray:
         """Coefficients to pixels: `x = U x̄` (the inverse of `to_latent`).
@@ -132,18 +144,18 @@ class Basis:
         Raises:
             ValueError: the last axis does not have H·W entries.
         """
-        latents = np.asarray(latents)
+        xp = arrays.namespace(latents)
+        latents = xp.asarray(latents)
         *lead, n = latents.shape
         if n != self.height * self.width:
             raise ValueError(f"expected {self.height * self.width} coefficients per channel, got {n}")
         if self.name == "pixel":
-            return latents.reshape(*lead, self.height, self.width).copy()
-        d_h, d_w = self._matrices[_float_dtype(latents)]
-        row_major: np.ndarray = np.empty_like(latents, dtype=_float_dtype(latents))
-        row_major[..., self.order] = latents
-        grid = row_major.reshape(*lead, self.height, self.width)
-        return d_h.T @ grid @ d_w
+            return xp.asarray(xp.reshape(latents, (*lead, self.height, self.width)), copy=True)
+        d_h, d_w, order = self._constants(latents)
+        row_major = xp.empty_like(latents, dtype=d_h.dtype)  # a scatter keeps the C layout: a
+        row_major[..., order] = latents  # gather's would change how matmul adds (last-bit changes)
+        return d_h.T @ xp.reshape(row_major, (*lead, self.height, self.width)) @ d_w
 
 
-def _float_dtype(array: np.ndarray) -> type:
-    return np.float64 if array.dtype == np.float64 else np.float32
+def _is_float64(array: Any) -> bool:
+    return str(array.dtype).endswith("float64")

@@ -10,13 +10,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from grouplat import arrays
 from grouplat.space import LatentSpace
 
 Groups = Iterable[int] | np.ndarray  # group numbers (S1 is 1) or a boolean mask [k] / [B, k]
 
 
 def _batch(space: LatentSpace, latents: np.ndarray) -> np.ndarray:
-    latents = np.asarray(latents, dtype=np.float32)
+    xp = arrays.namespace(latents)
+    latents = xp.asarray(latents, dtype=xp.float32)
     if latents.ndim == 2:
         latents = latents[None]
     space.check_latents(latents)
@@ -28,6 +30,7 @@ def mix(space: LatentSpace, latents: np.ndarray, reference: np.ndarray, groups: 
 
     `reference` is one latent or one per latent; `groups` is one choice for all, or a boolean
     mask [B, k] per latent. S1 transfers identity / pose / class; finer groups finer detail.
+    Device arrays (torch tensors) stay on their device.
 
     Args:
         space: the latent space.
@@ -49,13 +52,14 @@ def mix(space: LatentSpace, latents: np.ndarray, reference: np.ndarray, groups: 
         ((2, 1, 64), [[1.0, 0.0], [1.0, 0.0]])
     """
     base = _batch(space, latents)
-    ref = np.broadcast_to(_batch(space, reference), base.shape)
+    xp = arrays.namespace(base)
+    ref = xp.broadcast_to(_batch(space, reference), base.shape)
     mask = space.coefficient_mask(groups)
     if mask.ndim == 2:  # one choice per latent: broadcast over channels
         if len(mask) != len(base):
             raise ValueError(f"{len(mask)} group masks for {len(base)} latents")
         mask = mask[:, None]
-    return np.where(mask, ref, base)
+    return xp.where(arrays.beside(mask, base), ref, base)
 
 
 def interpolate(

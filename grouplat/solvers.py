@@ -11,9 +11,11 @@ A velocity callable is `f(x_t: float32 [B, C, H, W], levels: float32 [B, k]) →
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
 import numpy as np
 
+from grouplat import arrays
 from grouplat.oracle import gaussian_velocity
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
@@ -215,32 +217,34 @@ class GaussianPart:
     network's residual is integrated numerically and the stiff Gaussian part is exact.
 
     Args:
-        mean: μ of the group's coefficients (any shape; stored as float64).
-        std: σ of the same coefficients, broadcastable to mean; positive.
+        mean: μ of the group's coefficients (any shape), as float64 numpy or device arrays.
+        std: σ of the same coefficients, broadcastable to mean, in mean's library; positive.
 
     Attributes:
         mean: float64 μ.
         var: float64 σ².
     """
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
-        self.mean = np.asarray(mean, np.float64)
-        self.var = np.asarray(std, np.float64) ** 2
+    def __init__(self, mean: Any, std: Any) -> None:
+        self.xp = arrays.namespace(mean)
+        self.mean = self.xp.astype(self.xp.asarray(mean), self.xp.float64)
+        self.var = self.xp.astype(self.xp.asarray(std), self.xp.float64) ** 2
+        self._std = self.xp.sqrt(self.var)
+        self._root = self.xp.sqrt(1 + self.var)
 
-    def scale(self, alpha: float) -> np.ndarray:
+    def scale(self, alpha: float) -> Any:
         """`s(α) = sqrt(α²σ² + (1 − α)²)`, the std of x̄_t at level α (float64)."""
-        return np.sqrt(alpha**2 * self.var + (1 - alpha) ** 2)
+        return self.xp.sqrt(alpha**2 * self.var + (1 - alpha) ** 2)
 
-    def tau(self, alpha: float) -> np.ndarray:
+    def tau(self, alpha: float) -> Any:
         """`τ(α) = asinh(((1 + σ²)α − 1)/σ) / sqrt(1 + σ²)`, an antiderivative of 1/s(α) (float64)."""
-        root = np.sqrt(1 + self.var)
-        return np.arcsinh(((1 + self.var) * alpha - 1) / np.sqrt(self.var)) / root
+        return self.xp.asinh(((1 + self.var) * alpha - 1) / self._std) / self._root
 
-    def residual(self, x: np.ndarray, u: np.ndarray, alpha: float) -> np.ndarray:
+    def residual(self, x: Any, u: Any, alpha: float) -> Any:
         """`u − u_g`: the velocity u at state x and level α less the Gaussian's own velocity u_g."""
         return u - gaussian_velocity(x, alpha, self.mean, self.var)
 
-    def advance(self, x: np.ndarray, residual: np.ndarray, alpha: float, to: float) -> np.ndarray:
+    def advance(self, x: Any, residual: Any, alpha: float, to: float) -> Any:
         """Exact Gaussian transport from α to `to`, with the residual held constant in τ."""
         w = (x - alpha * self.mean) / self.scale(alpha) + residual * (self.tau(to) - self.tau(alpha))
         return to * self.mean + self.scale(to) * w
@@ -333,66 +337,104 @@ def solve_steps(
     if schedule.k != space.k:
         raise ValueError(f"schedule has {schedule.k} groups, the latent space {space.k}")
     space.check_latents(latents)
+    if solver.startswith("gei") and (mean is None or std is None):
+        raise ValueError(f"solver {solver!r} needs the data mean and std of every coefficient")
+    xp = arrays.namespace(latents)
+    # one layout (C order, float32): results bit-identical; a device array stays on its device
+    x = (
+        np.array(latents, np.float32, order="C")
+        if arrays.is_host(latents)
+        else xp.asarray(latents, dtype=xp.float32, copy=True)
+    )
+    batch = len(x)
+    # The method's constants go beside the state once per solve, so a step copies nothing between
+    # host and device: each group's coefficients, the groups each phase hides, the Gaussian parts.
+    groups = range(1, space.k + 1)
+    members = [_members(space.indices(g), x) for g in groups]
+    hidden = [arrays.beside(schedule.hidden[j][space.group_of], x) for j in range(space.k)]
+    zero = arrays.beside(np.float32(0), x)  # what a hidden coefficient reads, in the state's dtype
     gaussian: list[GaussianPart] = []
     if solver.startswith("gei"):
-        if mean is None or std is None:
-            raise ValueError(f"solver {solver!r} needs the data mean and std of every coefficient")
-        mean, std = (np.broadcast_to(v, space.latent_shape) for v in (mean, std))
-        gaussian = [GaussianPart(mean[:, ix], std[:, ix]) for ix in map(space.indices, range(1, space.k + 1))]
-    x = np.array(latents, dtype=np.float32, order="C")  # one layout: results bit-identical
-    batch = len(x)
-    hidden = [schedule.hidden[j][space.group_of] for j in range(space.k)]  # per phase, [H·W]
+        mean, std = (np.broadcast_to(v, space.latent_shape) for v in (mean, std))  # type: ignore[arg-type]
+        gaussian = [
+            GaussianPart(arrays.beside(mean[:, ix], x), arrays.beside(std[:, ix], x))
+            for ix in map(space.indices, groups)
+        ]
+    steps = [
+        (float(t0), float(t1), int(schedule.active(0.5 * (t0 + t1)))) for t0, t1 in zip(grid[:-1], grid[1:])
+    ]
 
-    def group_velocity(state: np.ndarray, t: float, phase: int) -> Generator[Query, np.ndarray, np.ndarray]:
-        levels = schedule.conditioning(t, phase, hide)
-        visible = np.where(hidden[phase], np.float32(0), state) if hide else state
-        pixels = space.basis.from_latent(visible).astype(np.float32, copy=False)
-        f = yield pixels, np.broadcast_to(levels, (batch, space.k)).copy()
-        return space.basis.to_latent(np.asarray(f, dtype=np.float32))[..., space.indices(phase + 1)]
+    def midpoint(t0: float, t1: float, phase: int) -> float:  # gei2m: the forward time halfway in α
+        a_mid = 0.5 * sum(float(schedule.levels(t)[phase]) for t in (t0, t1))
+        return float(schedule.end[phase] - a_mid * (schedule.end[phase] - schedule.start[phase]))
 
-    history: list[tuple[np.ndarray, np.ndarray]] = []  # gei?ab: (τ, residual) of the phase, newest first
+    def asked_at(t0: float, t1: float, phase: int) -> tuple[float, ...]:  # the step's network times
+        return {"heun": (t0, t1), "gei2m": (t0, midpoint(t0, t1, phase))}.get(solver, (t0,))
+
+    # every (time, phase) the network is asked at, and its level vector: one table, placed once
+    asked = {(t, phase) for t0, t1, phase in steps for t in asked_at(t0, t1, phase)}
+    keys = sorted(asked)
+    table = schedule.conditioning(np.array([t for t, _ in keys]), np.array([p for _, p in keys]), hide)
+    placed = arrays.beside(table, x)
+    row = {key: r for r, key in enumerate(keys)}
+
+    def group_velocity(state: Any, t: float, phase: int) -> Generator[Query, Any, Any]:
+        visible = xp.where(hidden[phase], zero, state) if hide else state
+        pixels = xp.astype(space.basis.from_latent(visible), xp.float32, copy=False)
+        f = yield pixels, xp.asarray(xp.broadcast_to(placed[row[t, phase]], (batch, space.k)), copy=True)
+        return space.basis.to_latent(xp.asarray(f, dtype=xp.float32))[..., members[phase]]
+
+    history: list[tuple[Any, Any]] = []  # gei?ab: (τ, residual) of the phase, newest first
     previous_phase = -1
-    for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
-        phase = int(schedule.active(0.5 * (t0 + t1)))
+    for i, (t0, t1, phase) in enumerate(steps):
         if phase != previous_phase:  # multistep history never crosses phases: phase ends stay exact
             history, previous_phase = [], phase
-        members = space.indices(phase + 1)
+        own = members[phase]
         a0, a1 = (float(schedule.levels(t)[phase]) for t in (t0, t1))
-        u0 = yield from group_velocity(x, float(t0), phase)
+        # the step as a Python float that is exactly the float32 step: the same product on any library
+        h = float(np.float32(a1 - a0))
+        u0 = yield from group_velocity(x, t0, phase)
         if solver == "euler":
-            x[..., members] += np.float32(a1 - a0) * u0
+            x[..., own] += h * u0
         elif solver == "heun":
-            predicted = x.copy()
-            predicted[..., members] += np.float32(a1 - a0) * u0
-            u1 = yield from group_velocity(predicted, float(t1), phase)
-            x[..., members] += np.float32(a1 - a0) * 0.5 * (u0 + u1)
+            predicted = xp.asarray(x, copy=True)
+            predicted[..., own] += h * u0
+            u1 = yield from group_velocity(predicted, t1, phase)
+            x[..., own] += h * 0.5 * (u0 + u1)
         else:
-            part, x0 = gaussian[phase], x[..., members].astype(np.float64)
+            part, x0 = gaussian[phase], xp.astype(x[..., own], xp.float64)
             residual = part.residual(x0, u0, a0)
             if solver == "gei2m":  # DPM-Solver-2 style: the residual at the midpoint in α
                 a_mid = 0.5 * (a0 + a1)
-                t_mid = schedule.end[phase] - a_mid * (schedule.end[phase] - schedule.start[phase])
-                midpoint = x.copy()
-                midpoint[..., members] = part.advance(x0, residual, a0, a_mid)
-                u_mid = yield from group_velocity(midpoint, float(t_mid), phase)
-                residual = part.residual(midpoint[..., members].astype(np.float64), u_mid, a_mid)
+                middle = xp.asarray(x, copy=True)
+                middle[..., own] = xp.astype(part.advance(x0, residual, a0, a_mid), xp.float32)
+                u_mid = yield from group_velocity(middle, midpoint(t0, t1, phase), phase)
+                residual = part.residual(xp.astype(middle[..., own], xp.float64), u_mid, a_mid)
             elif solver in ADAMS_ORDER:  # gei1, then gei2ab, then the named order
                 history = [(part.tau(a0), residual), *history[: ADAMS_ORDER[solver] - 1]]
                 residual = _adams_mean(history, part.tau(a1))
-            x[..., members] = part.advance(x0, residual, a0, a1)
+            x[..., own] = xp.astype(part.advance(x0, residual, a0, a1), xp.float32)
         if callback is not None:
-            callback(i, float(t1), x)
+            callback(i, t1, x)
     return x
 
 
-def _adams_mean(history: list[tuple[np.ndarray, np.ndarray]], tau_end: np.ndarray) -> np.ndarray:
+def _members(indices: np.ndarray, state: Any) -> slice | Any:
+    """One group's coefficient indices as a slice where they are contiguous (a view, no gather:
+    the DCT groups), else as an index array beside the state (the pixel-quadrant groups)."""
+    if len(indices) and (np.diff(indices) == 1).all():
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return arrays.beside(indices, state)
+
+
+def _adams_mean(history: list[tuple[Any, Any]], tau_end: Any) -> Any:
     """The mean over the step from history[0]'s τ to `tau_end` of the polynomial in τ through the
     residuals in history (1–3 (τ, residual) pairs, newest first): the residual an Adams–Bashforth
     step holds. τ, the node offsets d_i = τ_i − τ_0 and the step h are per coefficient."""
     tau0 = history[0][0]
     h = tau_end - tau0
     nodes = [tau - tau0 for tau, _ in history]
-    mean = np.zeros_like(history[0][1])
+    mean = None
     for i, (_, residual) in enumerate(history):
         others = nodes[:i] + nodes[i + 1 :]
         if not others:
@@ -403,7 +445,7 @@ def _adams_mean(history: list[tuple[np.ndarray, np.ndarray]], tau_end: np.ndarra
         else:  # ∫_0^h (d − a)(d − b)/((d_i − a)(d_i − b)) dd / h
             a, b = others
             weight = (h * h / 3 - (a + b) * h / 2 + a * b) / ((nodes[i] - a) * (nodes[i] - b))
-        mean = mean + weight * residual
+        mean = weight * residual if mean is None else mean + weight * residual
     return mean
 
 

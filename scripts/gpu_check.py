@@ -1,10 +1,13 @@
 """The GPU checks of the serving path, in one call on a lent GPU (issue 14; `--quick` runs on a CPU).
 
 1. torch engine parity vs ONNX Runtime (CPU) at fp32, bf16 and fp16 — the max abs difference;
-2. the decode loop (the core's solver over the torch engine) at batch 1 / 8 / 32: CUDA eager, CUDA
-   graphs (grouplat.export.torch_engine), torch.compile — ms per decode, and ÷ (NFE × the graphed
-   forward at that batch), the goal being ≤ 1.2 at batch 1 with graphs ≥ 2× faster than eager;
-3. the orchestrator's in-process ONNX Runtime engine on the GPU, when onnxruntime-gpu is installed.
+2. the decode loop (the core's solver over the torch engine, its state on the GPU) at batch 1 / 8 /
+   32: CUDA eager, CUDA graphs (grouplat.export.torch_engine), torch.compile — ms per decode, the
+   same with the state on the host (every step through it), and ÷ (NFE × the graphed forward at
+   that batch), the goal being ≤ 1.2 at batch 1 with graphs ≥ 2× faster than eager; how often one
+   decode makes the host wait for the GPU (torch's sync debug mode);
+3. the orchestrator in-process on the GPU (the torch engine: what `--engine torch` serves), per decode;
+4. the orchestrator's in-process ONNX Runtime engine on the GPU, when onnxruntime-gpu is installed.
 
 Writes OUT/gpu_check.json and prints a Markdown table for docs/BENCHMARKS.md.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,8 @@ import grouplat
 from grouplat.export.engine import export_onnx, model_info
 from grouplat.export.torch_engine import TorchVelocity
 from grouplat.serving.engines import OnnxVelocity
-from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS, default_generate_schedule
+from grouplat.serving.orchestration import Orchestrator
+from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS, GenerationSettings, default_generate_schedule
 from grouplat.solvers import NFE_PER_STEP
 from grouplat.training.checkpoint import load_checkpoint
 
@@ -43,6 +48,22 @@ def timed(function: Any, repeats: int, sync: Any) -> float:
         sync()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def syncs_per_decode(engine: Any, z: torch.Tensor, solve: dict[str, Any]) -> int:
+    """How many times one warm decode on device tensors makes the host wait for the GPU: torch's
+    sync debug mode warns at each synchronizing call (a device-to-host copy, `.item()`, a blocking
+    host-to-device copy); the device-resident loop should make only its start-up copies."""
+    grouplat.decode(engine, z, **solve)  # warm: graphs captured
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            grouplat.decode(engine, z, **solve)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def main() -> None:
@@ -78,23 +99,35 @@ def main() -> None:
         engines["cuda graphs"] = TorchVelocity(checkpoint.network, device, graphs=True)
         compiled = torch.compile(checkpoint.network.to(device))
         engines["torch.compile"] = TorchVelocity(compiled, device, graphs=False)  # type: ignore[arg-type]
+    best = "cuda graphs" if cuda else "eager"
+    defaults = GenerationSettings(DEFAULT_SOLVER, DEFAULT_STEPS).check(info.space.k)
+    orchestrator = Orchestrator(info, engines[best], defaults)  # in-process: the state on the device
     results["decode"] = {}
     for batch in batches:
         z = rng.standard_normal((batch, *info.space.latent_shape)).astype(np.float32)
-        xb, ab = np.resize(x, (batch, *x.shape[1:])), np.resize(levels, (batch, levels.shape[1]))
+        z_device = torch.from_numpy(z).to(device)
+        xb = torch.from_numpy(np.resize(x, (batch, *x.shape[1:]))).to(device)
+        ab = torch.from_numpy(np.resize(levels, (batch, levels.shape[1]))).to(device)
         row: dict[str, Any] = {}
         for name, engine in engines.items():
+            # the state on the device (the served loop) and, for comparison, through the host
             row[f"{name} decode ms"] = 1e3 * timed(
+                lambda e=engine, z=z_device: grouplat.decode(e, z, **solve), repeats, sync
+            )
+            row[f"{name} host-state decode ms"] = 1e3 * timed(
                 lambda e=engine, z=z: grouplat.decode(e, z, **solve), repeats, sync
             )
             row[f"{name} forward ms"] = 1e3 * timed(
                 lambda e=engine, xb=xb, ab=ab: e(xb, ab), 5 * repeats, sync
             )
-        best = "cuda graphs" if cuda else "eager"
+        row["orchestrator decode ms"] = 1e3 * timed(
+            lambda z=z: orchestrator.run("decode", {"LATENT": z}, defaults), repeats, sync
+        )
         row["decode ÷ (NFE × forward)"] = row[f"{best} decode ms"] / (nfe * row[f"{best} forward ms"])
         if cuda:
             row["graphs speed-up over eager"] = row["eager decode ms"] / row["cuda graphs decode ms"]
         results["decode"][batch] = row
+    results["host syncs per decode"] = syncs_per_decode(engines[best], z_device, solve) if cuda else None
     try:
         gpu_onnx = OnnxVelocity(export_onnx(checkpoint.network, info), device="gpu")
         results["onnxruntime_gpu"] = {"provider": gpu_onnx.provider, "forward ms, batch 8": 1e3 * timed(
@@ -113,7 +146,8 @@ def main() -> None:
     print("\n| batch | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
     for batch, row in results["decode"].items():
         print(f"| {batch} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
-    print(f"\nONNX Runtime on the GPU: {results['onnxruntime_gpu']}")
+    print(f"\nhost syncs per decode: {results['host syncs per decode']}")
+    print(f"ONNX Runtime on the GPU: {results['onnxruntime_gpu']}")
 
 
 if __name__ == "__main__":

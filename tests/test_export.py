@@ -25,19 +25,20 @@ NETWORK = dict(arch="unet", channels=3, resolution=[16, 16], levels=3, model_cha
                channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)  # fmt: skip
 
 
-def write_checkpoint(directory, seed=0):
-    """A small checkpoint with random (not near-zero) weights, so parity is a real check."""
+def write_checkpoint(directory, seed=0, space=None, schedule="0.6,0.8"):
+    """A small checkpoint with random (not near-zero) weights, so parity is a real check
+    (default: 3 DCT groups; `space` and `schedule` give others)."""
+    space = space or grouplat.LatentSpace((3, 16, 16), "dct", (10, 40))
     torch.manual_seed(seed)
-    network = build_network(NETWORK)
+    network = build_network({**NETWORK, "levels": space.k})
     with torch.no_grad():
         for p in network.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    space = grouplat.LatentSpace((3, 16, 16), "dct", (10, 40))
     rng = np.random.default_rng(seed)
     metadata = {
-        "network": NETWORK,
+        "network": {**NETWORK, "levels": space.k},
         "space": space.describe(),
-        "schedule": "0.6,0.8",
+        "schedule": schedule,
         "hide": True,
         "weighting": "paper",
         "step": 0,

@@ -70,30 +70,47 @@ def test_asking_for_a_gpu_without_one_is_a_clear_error(tmp_path: Path) -> None:
     ).all()
 
 
-def test_the_torch_engine_serves_what_onnx_runtime_serves(tmp_path: Path) -> None:
-    """`--engine torch --velocity-call bls` on the CPU (eager; CUDA graphs need a GPU): the
-    served decode equals the ONNX engine's within fp32 rounding."""
+@pytest.mark.parametrize("call", ["bls", "inprocess"])
+def test_the_torch_engine_serves_what_onnx_runtime_computes(tmp_path: Path, call: str) -> None:
+    """`--engine torch` on the CPU (eager; CUDA graphs need a GPU), through the velocity model (BLS)
+    or in-process (the orchestrators run it: the ODE on its device): the served encode, decode and
+    mix equal the same orchestrator over ONNX Runtime, computed here, within fp32 rounding."""
     import tritonclient.grpc as grpcclient
+    from test_device_loop import requests
     from test_export import write_checkpoint
 
     from grouplat.cli import main
+    from grouplat.export.engine import export_onnx, model_info
+    from grouplat.serving.orchestration import Orchestrator
+    from grouplat.settings import GenerationSettings
+    from grouplat.training.checkpoint import load_checkpoint
 
     checkpoint = write_checkpoint(tmp_path / "checkpoint-0000001")
-    z = np.random.default_rng(0).standard_normal((2, 3, 256)).astype(np.float32)
-    answers = {}
-    for engine in ("python", "torch"):
-        args = ["export", str(checkpoint), "--repository", str(tmp_path / engine), "--engine", engine,
-                "--velocity-call", "bls", "--steps", "6", "--solver", "gei2m", "--device", "cpu"]  # fmt: skip
-        assert main(args) == 0
-        with (
-            EmbeddedServer(tmp_path / engine) as server,
-            grpcclient.InferenceServerClient(server.grpc_url) as client,
-        ):
-            latent = grpcclient.InferInput(c.LATENT, list(z.shape), "FP32")
-            latent.set_data_from_numpy(z)
-            answers[engine] = client.infer(c.DECODE, [latent]).as_numpy(c.IMAGE)
-    np.testing.assert_allclose(answers["torch"], answers["python"], atol=1e-4)
-    assert (tmp_path / "torch" / "velocity" / "1" / "model.safetensors").is_file()
+    args = ["export", str(checkpoint), "--repository", str(tmp_path / "repo"), "--engine", "torch",
+            "--velocity-call", call, "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    assert (tmp_path / "repo" / "velocity" / "1" / "model.safetensors").is_file()
+    adapter = (tmp_path / "repo" / c.DECODE / "1" / "model.py").read_text()
+    assert ("torch_engine" in adapter) == (call == "inprocess")
+    loaded = load_checkpoint(checkpoint)
+    info = model_info(loaded)
+    settings = GenerationSettings("gei2m", 6, "0.6,0.8").check(info.space.k)
+    reference = Orchestrator(info, OnnxVelocity(export_onnx(loaded.network, info)), settings)
+    parameters = {"steps": 6, "solver": "gei2m", "schedule": "0.6,0.8"}
+    with (
+        EmbeddedServer(tmp_path / "repo") as server,
+        grpcclient.InferenceServerClient(server.grpc_url) as client,
+    ):
+        for operation, inputs in requests(info).items():
+            tensors = [
+                grpcclient.InferInput(
+                    name, list(v.shape), "BOOL" if v.dtype == bool else "FP32"
+                ).set_data_from_numpy(v)
+                for name, v in inputs.items()
+            ]
+            served = client.infer(operation, tensors, parameters=parameters).as_numpy(c.OUTPUTS[operation])
+            expected = reference.run(operation, inputs, settings)
+            np.testing.assert_allclose(served, expected, atol=2e-3, err_msg=operation)
 
 
 def test_gpu_check_script_runs_quick_on_the_cpu(tmp_path: Path) -> None:

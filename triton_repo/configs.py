@@ -70,11 +70,9 @@ class ServingOptions:
             raise ValueError("a TensorRT engine runs on a GPU only: use --device gpu (or --engine onnx)")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"unknown precision {self.precision!r}: expected fp32, bf16 or fp16")
-        if self.velocity_call == "inprocess" and self.engine == "torch":
-            raise ValueError("the torch engine runs in its own model: use --velocity-call bls")
         if self.velocity_call == "inprocess" and self.engine == "tensorrt":
             raise ValueError(
-                "in-process velocity calls run ONNX Runtime; use --velocity-call bls with tensorrt"
+                "in-process velocity calls run ONNX Runtime or torch; use --velocity-call bls with tensorrt"
             )
         if self.steps < k:
             raise ValueError(f"default steps must be at least the number of groups ({k})")

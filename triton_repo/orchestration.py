@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from grouplat import ops
+from grouplat import arrays, ops
 from grouplat.modelinfo import ModelInfo
 from grouplat.serving import contract as c
 from grouplat.serving.engines import (
@@ -170,6 +170,25 @@ class Orchestrator:
         cancelled request stop using the engine (`LiveRows`); without them every row runs.
         """
 
+        return arrays.to_numpy(self._solve(operation, self.place(inputs), settings, owners, cancelled))
+
+    def place(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Validated inputs where the engine computes. An engine with `to_device` (the torch
+        engine) keeps the whole ODE on its device: the inputs go there once, the output comes back
+        once (`arrays.to_numpy`), and no step copies to the host. Other engines: as they are."""
+        to_device = getattr(self.velocity, "to_device", None)
+        if to_device is None:
+            return inputs
+        return {n: v if n == c.GROUPS else to_device(v) for n, v in inputs.items()}
+
+    def _solve(
+        self,
+        operation: str,
+        inputs: dict[str, Any],
+        settings: GenerationSettings,
+        owners: np.ndarray | None,
+        cancelled: Callable[[], np.ndarray] | None,
+    ) -> Any:
         def solve(direction: GenerationSettings) -> dict[str, Any]:
             schedule = direction.generation_schedule(self.space.k)
             return self.info.solve_args(schedule, direction.steps, direction.solver, direction.spacing)
@@ -187,7 +206,7 @@ class Orchestrator:
             return decode(engine(owners), latents=inputs[c.LATENT], **solve(settings))
         a = inputs[c.IMAGE_A]
         both_owners = None if owners is None else np.concatenate([owners, owners])
-        images = np.concatenate([a, inputs[c.IMAGE_B]])
+        images = arrays.namespace(a).concat([a, inputs[c.IMAGE_B]])
         both = encode(engine(both_owners), images=images, **solve(settings.encoding()))
         mixed = ops.mix(self.space, both[: len(a)], both[len(a) :], inputs[c.GROUPS])
         return decode(engine(owners), latents=mixed, **solve(settings))
@@ -198,8 +217,14 @@ def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
     return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
 
 
-def orchestrator_from_triton(args: dict[str, str], pb_utils: Any) -> tuple[Orchestrator, str]:
-    """Build the orchestrator of one Triton model from its `initialize` arguments."""
+def orchestrator_from_triton(
+    args: dict[str, str], pb_utils: Any, engine: Callable[[Path], Velocity] | None = None
+) -> tuple[Orchestrator, str]:
+    """Build the orchestrator of one Triton model from its `initialize` arguments.
+
+    `engine` makes the in-process engine from the velocity model's version directory (the torch
+    adapter passes its own: the ODE then stays on its device); default: ONNX Runtime on model.onnx.
+    """
     bridge_logging(pb_utils)
     config = json.loads(args["model_config"])
     params = config_parameters(config)
@@ -218,12 +243,14 @@ def orchestrator_from_triton(args: dict[str, str], pb_utils: Any) -> tuple[Orche
         velocity = BlsVelocity(
             pb_utils, velocity_model, int(params[c.VELOCITY_MAX_BATCH_PARAM]), int(version)
         )
+    elif mode == "inprocess" and engine is not None:
+        velocity = engine(model_dir.parent / velocity_model / version)
     elif mode == "inprocess":
-        engine = model_dir.parent / velocity_model / version / "model.onnx"
+        onnx = model_dir.parent / velocity_model / version / "model.onnx"
         threads = int(params.get(c.THREADS_PARAM, "1"))
         spinning = params.get(c.SPINNING_PARAM, "0") == "1"
         device_id = int(args.get("model_instance_device_id", "0") or 0)
-        velocity = OnnxVelocity(engine, threads, spinning, params.get(c.DEVICE_PARAM, "cpu"), device_id)
+        velocity = OnnxVelocity(onnx, threads, spinning, params.get(c.DEVICE_PARAM, "cpu"), device_id)
     else:
         raise ValueError(f"velocity_call must be one of {c.CALL_MODES}, got {mode!r}")
     defaults = GenerationSettings(
@@ -270,8 +297,9 @@ class LiveRows:
             raise Cancelled
         if live.all():
             return self.velocity(x_t, levels)
-        out = np.zeros_like(x_t)
-        out[live] = self.velocity(x_t[live], levels[live])
+        rows = arrays.beside(np.flatnonzero(live), x_t)
+        out = arrays.namespace(x_t).zeros_like(x_t)
+        out[rows] = self.velocity(x_t[rows], levels[rows])
         return out
 
 

@@ -15,8 +15,9 @@ a full decode computes, so the output is bit-identical with reuse on or off. At 
 phase a program can emit a preview: the image as it stands, the groups still to come at the
 data mean.
 
-Pure numpy and threads: the Triton adapter (orchestration.py) submits programs and sends the
-responses; tests drive it in-process.
+Numpy and threads: the Triton adapter (service.py) submits programs and sends the responses;
+tests drive it in-process. With an engine that keeps the state on its device (the torch engine,
+`Orchestrator.place`), the states, the batched queries and the cached phase ends stay there.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from grouplat import ops
+from grouplat import arrays, ops
 from grouplat.modelinfo import ModelInfo
 from grouplat.schedule import Schedule
 from grouplat.serving import contract as c
@@ -103,42 +104,45 @@ class Plan:
         Reuse needs hidden groups: only then is the state after phase j a function of S1..Sj.
         """
         space = self.info.space
-        latents = np.array(latents, dtype=np.float32, order="C")
-        state = latents.copy()
+        # Rows are told apart and cache keys made from a host copy (the caller's latents came from
+        # the host; a mix's once per request); the state stays where the latents are (a device).
+        host = np.array(arrays.to_numpy(latents), dtype=np.float32, order="C")
+        xp = arrays.namespace(latents)
+        state = host.copy() if arrays.is_host(latents) else xp.asarray(latents, dtype=xp.float32, copy=True)
+        every = arrays.beside(np.arange(len(host)), state)
         descending = self.grid[::-1]
         last = len(self.grid) - 1
         done = np.zeros(space.size, bool)
         for number, j in enumerate(sorted(range(space.k), key=lambda g: -self.schedule.start[g]), start=1):
             done |= space.group_of == j
+            decoded = arrays.beside(np.flatnonzero(done), state)  # S1..Sj's coefficients
             low, high = self.bounds[j]
             grid = descending[last - high : last - low + 1]  # this phase's knots, descending
             if self.info.hide:
-                rows = _unique_rows(latents[..., done])
+                rows = _unique_rows(host[..., done])
                 firsts = rows.first
             else:
-                rows, firsts = (
-                    _Rows(list(range(len(latents))), list(range(len(latents)))),
-                    list(range(len(latents))),
-                )
-            keys = {r: self._key(number, latents[r][..., done]) for r in firsts} if self._reuse else {}
+                rows, firsts = _Rows(list(range(len(host))), list(range(len(host)))), list(range(len(host)))
+            keys = {r: self._key(number, host[r][..., done]) for r in firsts} if self._reuse else {}
             cached = {r: hit for r in firsts if (hit := self._lookup(keys.get(r))) is not None}
             compute = [r for r in firsts if r not in cached]
             if self.cache is not None:  # rows not computed: cached ones and repeats of another row
                 per_row = (high - low) * NFE_PER_STEP[self.settings.solver]
-                self.cache.saved_nfe += (len(latents) - len(compute)) * per_row
-            if compute:
-                result = yield from self._solve(state[compute], grid)
-                for r, values in zip(compute, result):
-                    state[r] = values
-                    if self._reuse:
-                        self.cache.put(keys[r], values[..., done])  # type: ignore[union-attr]
+                self.cache.saved_nfe += (len(host) - len(compute)) * per_row
+            if compute:  # every row (the usual case): the whole state, no gather
+                chosen = every if len(compute) == len(host) else arrays.beside(np.array(compute), state)
+                result = yield from self._solve(state[chosen], grid)
+                state[chosen] = result
+                for i, r in enumerate(compute if self._reuse else ()):
+                    self.cache.put(keys[r], result[i][..., decoded])  # type: ignore[union-attr]
             for r, values in cached.items():
-                state[r][..., done] = values
+                state[r][..., decoded] = values
             for r, first in enumerate(rows.of):
                 if first != r:  # the same S1..Sj as an earlier row: the same decoded groups
-                    state[r][..., done] = state[first][..., done]
+                    state[r][..., decoded] = state[first][..., decoded]
             if self.preview is not None:
-                self.preview(number, space.from_latent(np.where(done, state, self.info.mean)))
+                mean = arrays.beside(self.info.mean, state)
+                self.preview(number, space.from_latent(xp.where(arrays.beside(done, state), state, mean)))
         return space.from_latent(state)
 
     @property
@@ -157,7 +161,7 @@ class Plan:
         ).digest()
 
     def mix(self, a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> Program:
-        both = yield from self.encode(np.concatenate([a, b]))
+        both = yield from self.encode(arrays.namespace(a).concat([a, b]))
         mixed = ops.mix(self.info.space, both[: len(a)], both[len(a) :], groups)
         return (yield from self.decode(mixed))
 
@@ -201,8 +205,9 @@ class PhaseCache:
             self.items.move_to_end(key)
             return values
 
-    def put(self, key: bytes, values: np.ndarray) -> None:
-        values = np.array(values, dtype=np.float32)
+    def put(self, key: bytes, values: Any) -> None:
+        xp = arrays.namespace(values)  # kept where it was computed: a device state stays there
+        values = xp.asarray(values, dtype=xp.float32, copy=True)
         with self.lock:
             if key in self.items or values.nbytes > self.max_bytes:
                 return
@@ -291,9 +296,10 @@ class Scheduler:
         """One network evaluation for every live job, in as few engine calls as the max batch allows."""
         queries: list[Query] = [job.query for job in live]  # type: ignore[misc]
         sizes = [len(q[0]) for q in queries]
-        answers: list[np.ndarray | BaseException]
+        answers: list[Any]
         try:
-            answers = list(np.split(self._evaluate(queries), np.cumsum(sizes)[:-1]))
+            out, ends = self._evaluate(queries), np.cumsum(sizes).tolist()
+            answers = [out[end - size : end] for size, end in zip(sizes, ends)]
         except Exception:  # noqa: BLE001 - isolate the culprit: each job's query alone
             answers = [_attempt(self._evaluate, [q]) for q in queries]
         self.stats.ticks += 1
@@ -315,12 +321,13 @@ class Scheduler:
                 live.remove(job)
                 job.finish(error)
 
-    def _evaluate(self, queries: list[Query]) -> np.ndarray:
-        pixels = np.concatenate([q[0] for q in queries])
-        levels = np.concatenate([q[1] for q in queries])
-        return np.concatenate(
+    def _evaluate(self, queries: list[Query]) -> Any:
+        xp = arrays.namespace(queries[0][0])  # numpy, or the device's library: no host copies
+        pixels = xp.concat([q[0] for q in queries])
+        levels = xp.concat([q[1] for q in queries])
+        return xp.concat(
             [
-                np.asarray(self.velocity(pixels[i : i + self.max_batch], levels[i : i + self.max_batch]))
+                xp.asarray(self.velocity(pixels[i : i + self.max_batch], levels[i : i + self.max_batch]))
                 for i in range(0, len(pixels), self.max_batch)
             ]
         )

@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from grouplat import arrays
 from grouplat.serving import contract as c
 from grouplat.serving.engines import bridge_logging, fail, request_id, succeeded
 from grouplat.serving.orchestration import (
@@ -33,16 +36,18 @@ from grouplat.serving.orchestration import (
     tensors_of,
 )
 from grouplat.serving.scheduler import Cancelled, Job, PhaseCache, Plan, Scheduler
+from grouplat.solvers import Velocity
 
 DEFAULT_CACHE_BYTES = 64 << 20  # phase-end states kept per model instance
 CANCEL_POLL_S = 0.02  # how often a request's cancellation is asked for (an IPC call to Triton)
 logger = logging.getLogger(__name__)
 
 
-def model_from_triton(args: dict[str, str], pb_utils: Any) -> Any:
-    """The orchestrator model of one Triton model instance, from its `initialize` arguments."""
+def model_from_triton(args: dict[str, str], pb_utils: Any, engine: Callable[[Path], Velocity] | None = None) -> Any:
+    """The orchestrator model of one Triton model instance, from its `initialize` arguments
+    (`engine`: the in-process engine's maker, as for `orchestrator_from_triton`)."""
     bridge_logging(pb_utils)
-    orchestrator, operation = orchestrator_from_triton(args, pb_utils)
+    orchestrator, operation = orchestrator_from_triton(args, pb_utils, engine)
     params = config_parameters(json.loads(args["model_config"]))
     if params.get(c.SCHEDULING_PARAM, "step") == "request" and operation not in c.STREAMS:
         return RequestModel(pb_utils, orchestrator, operation)
@@ -112,13 +117,15 @@ class StepModel:
                 if not previews:
                     self.metrics.first_preview(time.perf_counter() - started)
                 previews.append(time.perf_counter() - started)
-                sender.send(self._images(images, number))
+                sender.send(self._images(arrays.to_numpy(images), number))
 
         plan = Plan(self.orchestrator.info, settings, self.cache, preview if self.stream else None)
         images = len(next(iter(inputs.values())))
 
-        def finish(output: np.ndarray | BaseException) -> None:
+        def finish(output: Any) -> None:
             self.metrics.done()
+            if not isinstance(output, BaseException):
+                output = arrays.to_numpy(output)  # from the engine's device, once per request
             if isinstance(output, Cancelled):
                 sender.send(
                     fail(pb, self.model, rid, f"{self.model} cancelled by its caller", "CANCELLED"),
@@ -149,7 +156,8 @@ class StepModel:
             return bool(last_poll[1])
 
         self.metrics.started()
-        self.scheduler.submit(Job(plan.program(self.operation, inputs), finish, cancelled))
+        program = plan.program(self.operation, self.orchestrator.place(inputs))
+        self.scheduler.submit(Job(program, finish, cancelled))
 
     def _images(self, images: np.ndarray, number: int) -> Any:
         pb = self.pb_utils
