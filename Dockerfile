@@ -1,6 +1,7 @@
 # grouplat on a GPU host: the NGC Triton image whose server matches the embedded one (24.10 = 2.51).
 #
-#   grouplat export CKPT --repository models --engine onnx      # or --engine tensorrt, built on that GPU
+#   grouplat export CKPT --repository models --engine onnx      # or --engine tensorrt, built on that GPU,
+#                                                               # or --engine torch (build with EXTRAS=[train])
 #   docker build -t grouplat-serve .
 #   docker run --gpus all --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
 #       -v "$PWD/models:/models" grouplat-serve
@@ -9,7 +10,8 @@
 #
 # --shm-size: the Python backend passes tensors through /dev/shm, Docker's 64 MB default is too
 # small for batches of latents. The orchestrators (encode / decode / mix) run grouplat's core in the
-# Python backend; the velocity engine runs on the native onnxruntime or tensorrt backend.
+# Python backend; the velocity engine runs on the native onnxruntime or tensorrt backend, or (torch)
+# in the Python backend with CUDA graphs, the orchestrators keeping the ODE state on the GPU.
 #
 # Network: inside the container Triton listens on all interfaces (0.0.0.0), as a container must;
 # what is reachable is decided by `-p`. To keep it on this host: `-p 127.0.0.1:8001:8001` (same for
@@ -31,7 +33,9 @@ COPY proto/ proto/
 COPY tools/ tools/
 COPY models/ models/
 # The core needs numpy < 2 (the Python-backend stub); onnxruntime-gpu runs in-process velocity calls.
-RUN pip install --no-cache-dir "/opt/grouplat" "onnxruntime-gpu>=1.17,<1.21"
+# EXTRAS=[train] adds PyTorch (CUDA) for `grouplat export --engine torch`: docker build --build-arg EXTRAS=[train] .
+ARG EXTRAS=""
+RUN pip install --no-cache-dir "/opt/grouplat${EXTRAS}" "onnxruntime-gpu>=1.17,<1.21"
 
 EXPOSE 8000 8001 8002
 # Every GPU of the host unless --gpus / the device plugin narrows it; compute + nvidia-smi only.

@@ -117,11 +117,10 @@ def write_repository(
         )
     if plan is not None:
         (target / "model.plan").write_bytes(plan)
-    # torch in-process: the orchestrators run the torch engine themselves (the ODE on its device)
-    in_torch = options.engine == "torch" and options.velocity_call == "inprocess"
+    # torch: the orchestrators keep the ODE on the engine's device (in-process, or BLS by DLPack)
     orchestrator = (
         (resources.files("grouplat.export") / "torch_orchestrator.py").read_bytes()
-        if in_torch
+        if options.engine == "torch"
         else adapter("orchestrator")
     )
     for operation in c.ORCHESTRATORS:

@@ -99,6 +99,11 @@ class TorchVelocity:
         """A host array on this engine's device: the state an ODE solve keeps there."""
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
+    @staticmethod
+    def from_dlpack(capsule: Any) -> torch.Tensor:
+        """A tensor handed over by DLPack (a Triton tensor in GPU memory), without a copy."""
+        return torch.from_dlpack(capsule)
+
 
 def load_torch_velocity(directory: str | Path, device: str, precision: str = "fp32") -> TorchVelocity:
     """The engine of a released checkpoint (model.safetensors + metadata.json) in `directory`."""
@@ -108,11 +113,17 @@ def load_torch_velocity(directory: str | Path, device: str, precision: str = "fp
     return TorchVelocity(checkpoint.network, device=device, precision=precision)
 
 
-def triton_engine(args: dict[str, str], directory: str | Path) -> TorchVelocity:
-    """The engine of one Triton model instance (the `velocity` model, or an orchestrator that runs
-    it in-process), weights from `directory`: config parameter `device` gpu puts it on the
-    instance's GPU (`cuda:<model_instance_device_id>`), `precision` picks the autocast."""
+def triton_device(args: dict[str, str]) -> str:
+    """The torch device of one Triton model instance: config parameter `device` gpu means the
+    instance's GPU (`cuda:<model_instance_device_id>`), else the CPU."""
     params = config_parameters(json.loads(args["model_config"]))
     gpu = params.get(contract.DEVICE_PARAM, "cpu") == "gpu"
-    device = f"cuda:{args.get('model_instance_device_id') or 0}" if gpu else "cpu"
-    return load_torch_velocity(directory, device, params.get(contract.PRECISION_PARAM, "fp32"))
+    return f"cuda:{args.get('model_instance_device_id') or 0}" if gpu else "cpu"
+
+
+def triton_engine(args: dict[str, str], directory: str | Path) -> TorchVelocity:
+    """The engine of one Triton model instance (the `velocity` model, or an orchestrator that runs
+    it in-process) on `triton_device(args)`, weights from `directory`, config parameter
+    `precision` picking the autocast."""
+    params = config_parameters(json.loads(args["model_config"]))
+    return load_torch_velocity(directory, triton_device(args), params.get(contract.PRECISION_PARAM, "fp32"))

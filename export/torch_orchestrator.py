@@ -1,20 +1,30 @@
 """Triton Python-backend model for `encode`, `decode`, `mix` and their streams with the PyTorch
-engine in-process (`grouplat export --engine torch --velocity-call inprocess`).
+engine (`grouplat export --engine torch`).
 
 Thin adapter, copied into the repository as `<operation>/N/model.py`: the same orchestrator as
-`grouplat/serving/orchestrator/model.py`, over the torch engine, so the whole ODE stays on the
-instance's device (a request's inputs go there once, its output comes back once).
+`grouplat/serving/orchestrator/model.py`, with the ODE state on the instance's device — the torch
+engine in-process (`--velocity-call inprocess`), or the velocity model through BLS, the state
+travelling by DLPack (`--velocity-call bls`). A request's inputs go there once, its output comes
+back once; no step copies to the host.
 """
 
+import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
-from grouplat.export.torch_engine import triton_engine
+from grouplat.export.torch_engine import triton_device, triton_engine
 from grouplat.serving import service
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.model = service.model_from_triton(args, pb_utils, lambda directory: triton_engine(args, directory))
+        device = triton_device(args)
+        self.model = service.model_from_triton(
+            args,
+            pb_utils,
+            engine=lambda directory: triton_engine(args, directory),
+            to_device=lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device),
+        )
 
     def execute(self, requests):
         return self.model.execute(requests)

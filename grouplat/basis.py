@@ -97,12 +97,13 @@ class Basis:
         self.width = width
         self.order = dct_order(height, width) if name == "dct" else np.arange(height * width)
         # per (library, dtype, device): D_H, D_W and the coefficient order, placed there once
-        self._placed: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self._placed: dict[tuple[str, bool, str], tuple[Any, Any, Any]] = {}
 
     def _constants(self, array: Any) -> tuple[Any, Any, Any]:
         """D_H, D_W (in the array's float dtype) and the coefficient order, beside `array`."""
-        float64 = _is_float64(array)
-        key = (arrays.namespace(array).__name__, str(float64), str(getattr(array, "device", "cpu")))
+        xp = arrays.namespace(array)
+        float64 = array.dtype == xp.float64
+        key = (xp.__name__, float64, "host" if arrays.is_host(array) else str(array.device))
         if key not in self._placed:
             dtype = np.float64 if float64 else np.float32  # built in float64, then cast
             d_h, d_w = (dct_matrix(n).astype(dtype) for n in (self.height, self.width))
@@ -155,7 +156,3 @@ class Basis:
         row_major = xp.empty_like(latents, dtype=d_h.dtype)  # a scatter keeps the C layout: a
         row_major[..., order] = latents  # gather's would change how matmul adds (last-bit changes)
         return d_h.T @ xp.reshape(row_major, (*lead, self.height, self.width)) @ d_w
-
-
-def _is_float64(array: Any) -> bool:
-    return str(array.dtype).endswith("float64")

@@ -28,7 +28,7 @@ def parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-@pytest.mark.parametrize("engine", ["python", "onnx", "tensorrt"])
+@pytest.mark.parametrize("engine", ["python", "onnx", "tensorrt", "torch"])
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 @pytest.mark.parametrize("call", ["inprocess", "bls"])
 def test_every_engine_and_device_gets_a_config_its_backend_accepts(
@@ -47,12 +47,16 @@ def test_every_engine_and_device_gets_a_config_its_backend_accepts(
         "python": ("python", ""),
         "onnx": ("", "onnxruntime_onnx"),
         "tensorrt": ("", "tensorrt_plan"),
+        "torch": ("python", ""),
     }[engine]
+    # a device-resident BLS caller's inputs reach the torch engine in GPU memory, not copied out
+    device_inputs = velocity.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    assert device_inputs == (engine == "torch" and device == "gpu")
     for operation in c.ORCHESTRATORS:
         config = parse(orchestrator_config(INFO, options, operation, {}))
         assert config.backend == "python"
-        # the engine runs inside the orchestrator only for in-process calls: then it needs the GPU
-        expected = GPU if device == "gpu" and call == "inprocess" else CPU
+        # the orchestrator needs the GPU when the engine runs inside it, or (torch) the ODE state does
+        expected = GPU if device == "gpu" and (call == "inprocess" or engine == "torch") else CPU
         assert {group.kind for group in config.instance_group} == {expected}
         assert config.model_transaction_policy.decoupled == (operation in c.STREAMS)
 
@@ -72,9 +76,10 @@ def test_asking_for_a_gpu_without_one_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("call", ["bls", "inprocess"])
 def test_the_torch_engine_serves_what_onnx_runtime_computes(tmp_path: Path, call: str) -> None:
-    """`--engine torch` on the CPU (eager; CUDA graphs need a GPU), through the velocity model (BLS)
-    or in-process (the orchestrators run it: the ODE on its device): the served encode, decode and
-    mix equal the same orchestrator over ONNX Runtime, computed here, within fp32 rounding."""
+    """`--engine torch` on the CPU (eager; CUDA graphs need a GPU), through the velocity model (BLS,
+    the state passed by DLPack) or in-process: the orchestrators keep the ODE state in torch
+    tensors either way; the served encode, decode and mix equal the same orchestrator over ONNX
+    Runtime, computed here, within fp32 rounding."""
     import tritonclient.grpc as grpcclient
     from test_device_loop import requests
     from test_export import write_checkpoint
@@ -90,8 +95,7 @@ def test_the_torch_engine_serves_what_onnx_runtime_computes(tmp_path: Path, call
             "--velocity-call", call, "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     assert (tmp_path / "repo" / "velocity" / "1" / "model.safetensors").is_file()
-    adapter = (tmp_path / "repo" / c.DECODE / "1" / "model.py").read_text()
-    assert ("torch_engine" in adapter) == (call == "inprocess")
+    assert "torch_engine" in (tmp_path / "repo" / c.DECODE / "1" / "model.py").read_text()
     loaded = load_checkpoint(checkpoint)
     info = model_info(loaded)
     settings = GenerationSettings("gei2m", 6, "0.6,0.8").check(info.space.k)

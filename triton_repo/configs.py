@@ -92,6 +92,8 @@ def velocity_config(info: ModelInfo, options: ServingOptions, params: dict[str, 
     )
     if options.engine in ("python", "torch"):
         config.backend = "python"
+        if options.engine == "torch" and options.device == "gpu":  # a device-resident caller's
+            config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"  # inputs stay on the GPU
     else:
         config.platform = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[options.engine]
         config.default_model_filename = {"onnx": "model.onnx", "tensorrt": "model.plan"}[options.engine]
@@ -110,16 +112,17 @@ def orchestrator_config(
 ) -> str:
     """The config.pbtxt of one Python-backend orchestrator (`encode`, `decode`, `mix`, or a
     decoupled stream: `decode_stream`, `mix_stream`, which also answer PHASE)."""
-    # In-process calls put the engine inside the orchestrator: it needs the GPU then; BLS callers
-    # only run numpy and stay on the CPU.
-    inprocess_gpu = options.device == "gpu" and options.velocity_call == "inprocess"
+    # In-process calls put the engine inside the orchestrator, and with the torch engine the ODE
+    # state lives on the GPU whatever the call: the orchestrator needs the GPU then; other BLS
+    # callers only run numpy and stay on the CPU.
+    on_gpu = options.device == "gpu" and (options.velocity_call == "inprocess" or options.engine == "torch")
     config = _base(
         operation,
         options.request_batch,
         options.orchestrator_instances,
         options.queue_delay_us,
         {**params, c.OPERATION_PARAM: operation},
-        "gpu" if inprocess_gpu else "cpu",
+        "gpu" if on_gpu else "cpu",
     )
     config.backend = "python"
     image, latent = list(info.space.shape), [info.space.channels, info.space.size]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from grouplat import arrays
 from grouplat.serving.contract import LEVELS, VELOCITY, X_T, U
 
 logger = logging.getLogger(__name__)
@@ -79,67 +80,116 @@ class OnnxVelocity:
 
 class BlsVelocity:
     """The velocity engine through Triton (BLS): the dynamic batcher can merge the steps of
-    different requests, since each sample carries its own levels."""
+    different requests, since each sample carries its own levels.
 
-    def __init__(self, pb_utils: Any, model: str = VELOCITY, max_batch: int = 64, version: int = -1) -> None:
+    Host (numpy) states travel as numpy. A device state (`to_device` given: the torch
+    orchestrator) travels by DLPack and asks for its answer in GPU memory, so a step copies
+    nothing to the host; the velocity model then needs FORCE_CPU_ONLY_INPUT_TENSORS "no".
+    """
+
+    def __init__(
+        self,
+        pb_utils: Any,
+        model: str = VELOCITY,
+        max_batch: int = 64,
+        version: int = -1,
+        to_device: Callable[[np.ndarray], Any] | None = None,
+    ) -> None:
         self.pb_utils = pb_utils
         self.model = model
         self.max_batch = max_batch
         self.version = version  # the orchestrator's own version: versions of one model coexist
+        if to_device is not None:
+            self.to_device = to_device  # Orchestrator.place puts a request's inputs there
 
-    def __call__(self, x_t: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    def __call__(self, x_t: Any, levels: Any) -> Any:
+        pb, host = self.pb_utils, arrays.is_host(x_t)
+        xp = arrays.namespace(x_t)
+        extra: dict[str, Any] = {}
+        gpu = not host and getattr(x_t, "device", None) is not None and x_t.device.type == "cuda"
+        if gpu:  # the answer in the state's GPU memory, not copied to the host
+            extra["preferred_memory"] = pb.PreferredMemory(pb.TRITONSERVER_MEMORY_GPU, x_t.device.index or 0)
+
+        def tensor(name: str, value: Any) -> Any:
+            if host:
+                return pb.Tensor(name, np.ascontiguousarray(value))
+            return pb.Tensor.from_dlpack(name, value)  # rows of a C-ordered state: C-ordered
+
         parts = []
         for start in range(0, len(x_t), self.max_batch):
             stop = start + self.max_batch
-            request = self.pb_utils.InferenceRequest(
+            request = pb.InferenceRequest(
                 model_name=self.model,
                 model_version=self.version,
                 requested_output_names=[U],
-                inputs=[
-                    self.pb_utils.Tensor(X_T, np.ascontiguousarray(x_t[start:stop])),
-                    self.pb_utils.Tensor(LEVELS, np.ascontiguousarray(levels[start:stop])),
-                ],
+                inputs=[tensor(X_T, x_t[start:stop]), tensor(LEVELS, levels[start:stop])],
+                **extra,
             )
             response = request.exec()
             if response.has_error():
                 raise RuntimeError(f"velocity engine failed: {response.error().message()}")
-            parts.append(self.pb_utils.get_output_tensor_by_name(response, U).as_numpy())
-        return np.concatenate(parts)
+            parts.append(read_tensor(pb.get_output_tensor_by_name(response, U), x_t))
+        return xp.concat(parts)
+
+
+def read_tensor(tensor: Any, like: Any) -> Any:
+    """A Triton tensor as an array beside `like`: numpy for a host `like`; else the device's library
+    through DLPack (no copy) when the tensor is in GPU memory, or placed there from the host."""
+    if arrays.is_host(like):
+        return tensor.as_numpy()
+    if tensor.is_cpu():
+        return arrays.beside(tensor.as_numpy(), like)
+    return arrays.namespace(like).from_dlpack(tensor.to_dlpack())
 
 
 LEVEL_HIDDEN = -1.0
 X_T_LIMIT = 1e4  # |x_t| beyond this is no state of an ODE from images in [-1, 1] and N(0, 1) noise
 
 
-def check_velocity_inputs(x_t: np.ndarray, levels: np.ndarray) -> str | None:
-    """What is wrong with one request's engine inputs (None: nothing)."""
-    if x_t.dtype != np.float32 or levels.dtype != np.float32:
+def check_velocity_inputs(x_t: Any, levels: Any) -> str | None:
+    """What is wrong with one request's engine inputs (None: nothing); numpy or device arrays."""
+    xp = arrays.namespace(x_t)
+    if not (str(x_t.dtype).endswith("float32") and str(levels.dtype).endswith("float32")):
         return f"{X_T} and {LEVELS} must be FP32"
     if len(x_t) != len(levels):
         return f"{X_T} has {len(x_t)} rows, {LEVELS} {len(levels)}"
-    if not (np.isfinite(x_t).all() and np.isfinite(levels).all()):
+    if not (bool(xp.all(xp.isfinite(x_t))) and bool(xp.all(xp.isfinite(levels)))):
         return f"{X_T} or {LEVELS} contains NaN or Inf"
-    if np.abs(x_t).max(initial=0) > X_T_LIMIT:
+    if len(x_t) and float(xp.max(xp.abs(x_t))) > X_T_LIMIT:
         return f"{X_T} values must lie within ±{X_T_LIMIT:g}"
-    if not (((levels >= 0) & (levels <= 1)) | (levels == LEVEL_HIDDEN)).all():
+    if not bool(xp.all(((levels >= 0) & (levels <= 1)) | (levels == LEVEL_HIDDEN))):
         return f"{LEVELS} must lie in [0, 1] or be exactly -1 (a hidden group)"
     return None
 
 
-def answer_velocity(pb_utils: Any, requests: Sequence[Any], engine: Callable[..., np.ndarray]) -> list[Any]:
+def read_input(tensor: Any, engine: Any) -> Any:
+    """One input of the velocity model as its engine takes it: numpy for a host engine (Triton
+    hands those inputs over on the host); for an engine with `to_device` (torch), a tensor on its
+    device — through DLPack without a copy when it arrived in GPU memory (a device-resident BLS
+    caller, FORCE_CPU_ONLY_INPUT_TENSORS "no")."""
+    to_device = getattr(engine, "to_device", None)
+    if to_device is None:
+        return tensor.as_numpy()
+    if tensor.is_cpu():
+        return to_device(tensor.as_numpy())
+    return engine.from_dlpack(tensor.to_dlpack())
+
+
+def answer_velocity(pb_utils: Any, requests: Sequence[Any], engine: Callable[..., Any]) -> list[Any]:
     """The python-backend velocity model: every good request of one `execute` in one engine call;
-    a bad one gets INVALID_ARG alone, a non-finite output is an error, never OK."""
+    a bad one gets INVALID_ARG alone, a non-finite output is an error, never OK. Device outputs
+    (the torch engine) go back by DLPack: a device-resident caller gets them without a host copy."""
     bridge_logging(pb_utils)
     ids = [request_id(request) for request in requests]
     responses: list[Any] = [None] * len(requests)
-    good: list[tuple[int, np.ndarray, np.ndarray]] = []
+    good: list[tuple[int, Any, Any]] = []
     for i, request in enumerate(requests):
         try:
             x = pb_utils.get_input_tensor_by_name(request, X_T)
             a = pb_utils.get_input_tensor_by_name(request, LEVELS)
             problem = "needs X_T and LEVELS" if x is None or a is None else None
             if problem is None:
-                x, a = x.as_numpy(), a.as_numpy()
+                x, a = read_input(x, engine), read_input(a, engine)
                 problem = check_velocity_inputs(x, a)
         except Exception as error:  # one malformed request never fails the others
             problem = f"unreadable request ({type(error).__name__})"
@@ -149,18 +199,22 @@ def answer_velocity(pb_utils: Any, requests: Sequence[Any], engine: Callable[...
             good.append((i, x, a))
     if not good:
         return responses
+    xp = arrays.namespace(good[0][1])
     started = time.perf_counter()
     try:
-        u = engine(np.concatenate([x for _, x, _ in good]), np.concatenate([a for _, _, a in good]))
+        u = engine(xp.concat([x for _, x, _ in good]), xp.concat([a for _, _, a in good]))
     except Exception as error:
         for i, _, _ in good:
             responses[i] = fail(pb_utils, VELOCITY, ids[i], f"velocity failed: {error}", "INTERNAL")
         return responses
     seconds = time.perf_counter() - started
-    parts = np.split(u, np.cumsum([len(x) for _, x, _ in good])[:-1])
-    for (i, _, _), part in zip(good, parts):
-        if np.isfinite(part).all():
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(U, part)])
+    start = 0
+    for i, x, _ in good:
+        part, start = u[start : start + len(x)], start + len(x)
+        if bool(xp.all(xp.isfinite(part))):
+            host = arrays.is_host(part)
+            tensor = pb_utils.Tensor(U, part) if host else pb_utils.Tensor.from_dlpack(U, part)
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
             succeeded(VELOCITY, ids[i], "%d rows in a batch of %d, %.3f s", len(part), len(u), seconds)
         else:
             message = "the engine produced non-finite values for these inputs"

@@ -43,11 +43,16 @@ CANCEL_POLL_S = 0.02  # how often a request's cancellation is asked for (an IPC 
 logger = logging.getLogger(__name__)
 
 
-def model_from_triton(args: dict[str, str], pb_utils: Any, engine: Callable[[Path], Velocity] | None = None) -> Any:
+def model_from_triton(
+    args: dict[str, str],
+    pb_utils: Any,
+    engine: Callable[[Path], Velocity] | None = None,
+    to_device: Callable[[np.ndarray], Any] | None = None,
+) -> Any:
     """The orchestrator model of one Triton model instance, from its `initialize` arguments
-    (`engine`: the in-process engine's maker, as for `orchestrator_from_triton`)."""
+    (`engine`, `to_device`: the torch adapter's, as for `orchestrator_from_triton`)."""
     bridge_logging(pb_utils)
-    orchestrator, operation = orchestrator_from_triton(args, pb_utils, engine)
+    orchestrator, operation = orchestrator_from_triton(args, pb_utils, engine, to_device)
     params = config_parameters(json.loads(args["model_config"]))
     if params.get(c.SCHEDULING_PARAM, "step") == "request" and operation not in c.STREAMS:
         return RequestModel(pb_utils, orchestrator, operation)
