@@ -1,6 +1,7 @@
 """The GPU checks of the serving path, in one call on a lent GPU (issue 14; `--quick` runs on a CPU).
 
-1. torch engine parity vs ONNX Runtime (CPU) at fp32, bf16 and fp16 — the max abs difference;
+1. torch engine parity vs ONNX Runtime (CPU) at fp32, bf16 and fp16 — a forward's max abs
+   difference and a whole default decode's PSNR;
 2. the decode loop (the core's solver over the torch engine, its state on the GPU) at batch 1 / 8 /
    32: CUDA eager, CUDA graphs (grouplat.export.torch_engine), torch.compile — ms per decode, the
    same with the state on the host (every step through it), and ÷ (NFE × the graphed forward at
@@ -87,12 +88,19 @@ def main() -> None:
     x = rng.standard_normal((8, *info.space.shape)).astype(np.float32)
     levels = info.train_schedule.conditioning(rng.uniform(0, 1, 8), hide=info.hide)
     expected = onnx(x, levels)
-    results["parity_vs_onnxruntime"] = {}
-    for precision in ("fp32", "bf16", "fp16") if cuda else ("fp32",):
-        engine = TorchVelocity(checkpoint.network, device, precision, graphs=False)
-        results["parity_vs_onnxruntime"][precision] = float(np.abs(engine(x, levels) - expected).max())
     schedule = default_generate_schedule(info.space.k, info.train_schedule)
     solve = info.solve_args(schedule, DEFAULT_STEPS, DEFAULT_SOLVER)
+    # each precision: one forward's max |Δ|, and a whole decode's PSNR (images in [-1, 1]), both
+    # against ONNX Runtime in fp32 on the host; the torch decode keeps its state on the device
+    z = rng.standard_normal((2, *info.space.latent_shape)).astype(np.float32)
+    reference = grouplat.decode(onnx, z, **solve)
+    results["parity_vs_onnxruntime"], results["decode_psnr_vs_onnxruntime"] = {}, {}
+    for precision in ("fp32", "bf16", "fp16"):
+        engine = TorchVelocity(checkpoint.network, device, precision, graphs=False)
+        results["parity_vs_onnxruntime"][precision] = float(np.abs(engine(x, levels) - expected).max())
+        images = grouplat.decode(engine, torch.from_numpy(z).to(device), **solve).cpu().numpy()
+        error = float(np.mean((images - reference) ** 2))
+        results["decode_psnr_vs_onnxruntime"][precision] = 10 * np.log10(4 / max(error, 1e-30))
     nfe = DEFAULT_STEPS * NFE_PER_STEP[DEFAULT_SOLVER]
     engines: dict[str, Any] = {"eager": TorchVelocity(checkpoint.network, device, graphs=False)}
     if cuda:
@@ -141,6 +149,8 @@ def main() -> None:
     print(
         "parity vs ONNX Runtime (max abs): "
         + ", ".join(f"{k} {v:.2e}" for k, v in results["parity_vs_onnxruntime"].items())
+        + "; decode PSNR: "
+        + ", ".join(f"{k} {v:.1f} dB" for k, v in results["decode_psnr_vs_onnxruntime"].items())
     )
     keys = list(next(iter(results["decode"].values())))
     print("\n| batch | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))

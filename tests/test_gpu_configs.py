@@ -140,4 +140,7 @@ def test_gpu_check_script_runs_quick_on_the_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["parity_vs_onnxruntime"]["fp32"] < 1e-4 and set(report["decode"]) == {"1", "2"}
+    assert (
+        report["decode_psnr_vs_onnxruntime"]["fp32"] > 80 > report["decode_psnr_vs_onnxruntime"]["bf16"] > 30
+    )
     assert "skipped" in report["onnxruntime_gpu"] or report["onnxruntime_gpu"]["provider"]
