@@ -3,7 +3,9 @@
 The EMA network runs on CUDA, in fp32 or under bf16 / fp16 autocast, with one CUDA graph captured
 per batch-size bucket (a request's batch is padded up to the next bucket, so the graph of a
 bucket serves every batch up to it). On a CPU it runs eagerly: that is what the tests check.
-The orchestrators reach it through BLS (they stay torch-free).
+It takes numpy (through the host) or torch tensors (kept on its device): the orchestrators of a
+torch repository (torch_orchestrator.py) run it in-process or reach the `velocity` model
+(torch_model.py) through BLS, their ODE state on its device either way.
 """
 
 from __future__ import annotations

@@ -110,6 +110,7 @@ class Plan:
         xp = arrays.namespace(latents)
         state = host.copy() if arrays.is_host(latents) else xp.asarray(latents, dtype=xp.float32, copy=True)
         every = arrays.beside(np.arange(len(host)), state)
+        mean = arrays.beside(self.info.mean, state)  # what a preview shows for the groups to come
         descending = self.grid[::-1]
         last = len(self.grid) - 1
         done = np.zeros(space.size, bool)
@@ -141,7 +142,6 @@ class Plan:
                 if first != r:  # the same S1..Sj as an earlier row: the same decoded groups
                     state[r][..., decoded] = state[first][..., decoded]
             if self.preview is not None:
-                mean = arrays.beside(self.info.mean, state)
                 self.preview(number, space.from_latent(xp.where(arrays.beside(done, state), state, mean)))
         return space.from_latent(state)
 
