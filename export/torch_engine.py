@@ -27,7 +27,23 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # batch sizes with a CUDA graph of their own
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TorchVelocity:
+class Placement:
+    """Where an ODE state lives on one torch device: host arrays are put there (`to_device`) and
+    tensors handed over by DLPack (a Triton tensor in GPU memory) are taken without a copy
+    (`from_dlpack`). The orchestrators of a torch repository keep their state here."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.device = torch.device(device)
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    @staticmethod
+    def from_dlpack(capsule: Any) -> torch.Tensor:
+        return torch.from_dlpack(capsule)
+
+
+class TorchVelocity(Placement):
     """`f(x_t [B, C, H, W], levels [B, k]) → [B, C, H, W]` (float32; numpy, or torch tensors that
     stay on the engine's device)."""
 
@@ -43,7 +59,7 @@ class TorchVelocity:
             raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device {device} was asked for, but torch sees no CUDA GPU here")
-        self.device = torch.device(device)
+        super().__init__(device)
         self.network = network.eval().requires_grad_(False).to(self.device)
         self.dtype = PRECISIONS[precision]
         self.buckets = sorted(buckets)
@@ -96,15 +112,6 @@ class TorchVelocity:
             return out[:n].clone()
         with torch.no_grad():
             return self._forward(x.float(), levels.float())
-
-    def to_device(self, array: np.ndarray) -> torch.Tensor:
-        """A host array on this engine's device: the state an ODE solve keeps there."""
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-
-    @staticmethod
-    def from_dlpack(capsule: Any) -> torch.Tensor:
-        """A tensor handed over by DLPack (a Triton tensor in GPU memory), without a copy."""
-        return torch.from_dlpack(capsule)
 
 
 def load_torch_velocity(directory: str | Path, device: str, precision: str = "fp32") -> TorchVelocity:

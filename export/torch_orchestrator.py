@@ -8,22 +8,19 @@ travelling by DLPack (`--velocity-call bls`). A request's inputs go there once, 
 back once; no step copies to the host.
 """
 
-import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
 
-from grouplat.export.torch_engine import triton_device, triton_engine
+from grouplat.export.torch_engine import Placement, triton_device, triton_engine
 from grouplat.serving import service
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        device = triton_device(args)
         self.model = service.model_from_triton(
             args,
             pb_utils,
             engine=lambda directory: triton_engine(args, directory),
-            to_device=lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device),
+            placement=Placement(triton_device(args)),
         )
 
     def execute(self, requests):

@@ -16,6 +16,9 @@ import array_api_compat
 import array_api_compat.numpy as numpy_namespace
 import numpy as np
 
+# a numpy array, or an array of another array-API library (a torch tensor, on any device)
+Array = Any
+
 
 def namespace(array: Any) -> ModuleType:
     """The array-API namespace of `array`'s library (numpy for numpy arrays, lists and scalars)."""

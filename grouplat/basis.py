@@ -103,7 +103,7 @@ class Basis:
         """D_H, D_W (in the array's float dtype) and the coefficient order, beside `array`."""
         xp = arrays.namespace(array)
         float64 = array.dtype == xp.float64
-        key = (xp.__name__, float64, "host" if arrays.is_host(array) else str(array.device))
+        key = (xp.__name__, float64, str(getattr(array, "device", "cpu")))  # numpy 1.x: no device
         if key not in self._placed:
             dtype = np.float64 if float64 else np.float32  # built in float64, then cast
             d_h, d_w = (dct_matrix(n).astype(dtype) for n in (self.height, self.width))

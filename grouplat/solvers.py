@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from grouplat import arrays
+from grouplat.arrays import Array
 from grouplat.oracle import gaussian_velocity
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
@@ -252,7 +253,7 @@ class GaussianPart:
 
 def solve(
     velocity: Velocity,
-    latents: np.ndarray,
+    latents: Array,
     space: LatentSpace,
     schedule: Schedule,
     grid: np.ndarray,
@@ -261,7 +262,7 @@ def solve(
     callback: Callback | None = None,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
-) -> np.ndarray:
+) -> Array:
     """Integrate the latents along `grid` (forward times). Returns float32 [B, C, H·W].
 
     Solvers: `euler`, `heun` (1 and 2 NFE per step), and the Gaussian exponential integrators
@@ -274,7 +275,8 @@ def solve(
     Args:
         velocity: the network (or oracle) as a `Velocity` callable.
         latents: the start state [B, C, H·W] (data coefficients to encode, latents to decode); not
-            modified.
+            modified. numpy, or a torch tensor: the solve then runs on its device, copying nothing
+            to the host, and returns a tensor there (grouplat.arrays).
         space: the latent space.
         schedule: the generation schedule, with space's k groups.
         grid: forward times with a knot at every interval end (`time_grid`); an ascending grid
@@ -314,7 +316,7 @@ def solve(
 
 
 def solve_steps(
-    latents: np.ndarray,
+    latents: Array,
     space: LatentSpace,
     schedule: Schedule,
     grid: np.ndarray,
@@ -323,7 +325,7 @@ def solve_steps(
     callback: Callback | None = None,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
-) -> Generator[Query, np.ndarray, np.ndarray]:
+) -> Generator[Query, Array, Array]:
     """`solve` as a generator: the same integration, but each network evaluation is handed out.
 
     It yields every query `(pixels [B, C, H, W], levels [B, k])` and takes the velocity's answer
@@ -371,9 +373,9 @@ def solve_steps(
     def asked_at(t0: float, t1: float, phase: int) -> tuple[float, ...]:  # the step's network times
         return {"heun": (t0, t1), "gei2m": (t0, midpoint(t0, t1, phase))}.get(solver, (t0,))
 
+    times = [asked_at(*step) for step in steps]
     # every (time, phase) the network is asked at, and its level vector: one table, placed once
-    asked = {(t, phase) for t0, t1, phase in steps for t in asked_at(t0, t1, phase)}
-    keys = sorted(asked)
+    keys = sorted({(t, phase) for (_, _, phase), ts in zip(steps, times) for t in ts})
     table = schedule.conditioning(np.array([t for t, _ in keys]), np.array([p for _, p in keys]), hide)
     placed = arrays.beside(table, x)
     row = {key: r for r, key in enumerate(keys)}
@@ -408,7 +410,7 @@ def solve_steps(
                 a_mid = 0.5 * (a0 + a1)
                 middle = xp.asarray(x, copy=True)
                 middle[..., own] = xp.astype(part.advance(x0, residual, a0, a_mid), xp.float32)
-                u_mid = yield from group_velocity(middle, midpoint(t0, t1, phase), phase)
+                u_mid = yield from group_velocity(middle, times[i][1], phase)
                 residual = part.residual(xp.astype(middle[..., own], xp.float64), u_mid, a_mid)
             elif solver in ADAMS_ORDER:  # gei1, then gei2ab, then the named order
                 history = [(part.tau(a0), residual), *history[: ADAMS_ORDER[solver] - 1]]
@@ -462,7 +464,7 @@ def _grid(
 
 def encode(
     velocity: Velocity,
-    images: np.ndarray,
+    images: Array,
     space: LatentSpace,
     schedule: Schedule,
     steps: int | Sequence[int] = 40,
@@ -472,7 +474,7 @@ def encode(
     mean: np.ndarray | None = None,
     hide: bool = True,
     callback: Callback | None = None,
-) -> np.ndarray:
+) -> Array:
     """Images [B, C, H, W] in [-1, 1] → latents [B, C, H·W] (integrate t from 0 to 1).
 
     `steps` is a total (split by `schedule`, the generation schedule) or one count per group.
@@ -519,7 +521,7 @@ def encode(
 
 def decode(
     velocity: Velocity,
-    latents: np.ndarray,
+    latents: Array,
     space: LatentSpace,
     schedule: Schedule,
     steps: int | Sequence[int] = 40,
@@ -529,7 +531,7 @@ def decode(
     mean: np.ndarray | None = None,
     hide: bool = True,
     callback: Callback | None = None,
-) -> np.ndarray:
+) -> Array:
     """Latents [B, C, H·W] → images [B, C, H, W] (integrate t from 1 to 0).
 
     The same grid as `encode` with the same arguments, walked backwards (`encode` has a round trip).

@@ -82,9 +82,10 @@ class BlsVelocity:
     """The velocity engine through Triton (BLS): the dynamic batcher can merge the steps of
     different requests, since each sample carries its own levels.
 
-    Host (numpy) states travel as numpy. A device state (`to_device` given: the torch
-    orchestrator) travels by DLPack and asks for its answer in GPU memory, so a step copies
-    nothing to the host; the velocity model then needs FORCE_CPU_ONLY_INPUT_TENSORS "no".
+    Host (numpy) states travel as numpy. A device state (a `placement` given: the torch
+    orchestrator's `to_device` and `from_dlpack`) travels by DLPack and asks for its answer in GPU
+    memory, so a step copies nothing to the host; the velocity model then needs
+    FORCE_CPU_ONLY_INPUT_TENSORS "no".
     """
 
     def __init__(
@@ -93,21 +94,20 @@ class BlsVelocity:
         model: str = VELOCITY,
         max_batch: int = 64,
         version: int = -1,
-        to_device: Callable[[np.ndarray], Any] | None = None,
+        placement: Any = None,
     ) -> None:
         self.pb_utils = pb_utils
         self.model = model
         self.max_batch = max_batch
         self.version = version  # the orchestrator's own version: versions of one model coexist
-        if to_device is not None:
-            self.to_device = to_device  # Orchestrator.place puts a request's inputs there
+        if placement is not None:  # Orchestrator.place puts a request's inputs there
+            self.to_device, self.from_dlpack = placement.to_device, placement.from_dlpack
 
     def __call__(self, x_t: Any, levels: Any) -> Any:
         pb, host = self.pb_utils, arrays.is_host(x_t)
         xp = arrays.namespace(x_t)
         extra: dict[str, Any] = {}
-        gpu = not host and getattr(x_t, "device", None) is not None and x_t.device.type == "cuda"
-        if gpu:  # the answer in the state's GPU memory, not copied to the host
+        if not host and x_t.device.type == "cuda":  # the answer in the state's GPU memory
             extra["preferred_memory"] = pb.PreferredMemory(pb.TRITONSERVER_MEMORY_GPU, x_t.device.index or 0)
 
         def tensor(name: str, value: Any) -> Any:
@@ -128,18 +128,8 @@ class BlsVelocity:
             response = request.exec()
             if response.has_error():
                 raise RuntimeError(f"velocity engine failed: {response.error().message()}")
-            parts.append(read_tensor(pb.get_output_tensor_by_name(response, U), x_t))
+            parts.append(read_tensor(pb.get_output_tensor_by_name(response, U), self))
         return xp.concat(parts)
-
-
-def read_tensor(tensor: Any, like: Any) -> Any:
-    """A Triton tensor as an array beside `like`: numpy for a host `like`; else the device's library
-    through DLPack (no copy) when the tensor is in GPU memory, or placed there from the host."""
-    if arrays.is_host(like):
-        return tensor.as_numpy()
-    if tensor.is_cpu():
-        return arrays.beside(tensor.as_numpy(), like)
-    return arrays.namespace(like).from_dlpack(tensor.to_dlpack())
 
 
 LEVEL_HIDDEN = -1.0
@@ -162,11 +152,11 @@ def check_velocity_inputs(x_t: Any, levels: Any) -> str | None:
     return None
 
 
-def read_input(tensor: Any, engine: Any) -> Any:
-    """One input of the velocity model as its engine takes it: numpy for a host engine (Triton
-    hands those inputs over on the host); for an engine with `to_device` (torch), a tensor on its
-    device — through DLPack without a copy when it arrived in GPU memory (a device-resident BLS
-    caller, FORCE_CPU_ONLY_INPUT_TENSORS "no")."""
+def read_tensor(tensor: Any, engine: Any) -> Any:
+    """A Triton tensor as `engine` computes with it: numpy for a host engine; for an engine with
+    `to_device` and `from_dlpack` (the torch engine, a device-resident BlsVelocity), a tensor on
+    its device — through DLPack without a copy when it is in GPU memory (a BLS answer asked for
+    there; a velocity-model input with FORCE_CPU_ONLY_INPUT_TENSORS "no")."""
     to_device = getattr(engine, "to_device", None)
     if to_device is None:
         return tensor.as_numpy()
@@ -189,7 +179,7 @@ def answer_velocity(pb_utils: Any, requests: Sequence[Any], engine: Callable[...
             a = pb_utils.get_input_tensor_by_name(request, LEVELS)
             problem = "needs X_T and LEVELS" if x is None or a is None else None
             if problem is None:
-                x, a = read_input(x, engine), read_input(a, engine)
+                x, a = read_tensor(x, engine), read_tensor(a, engine)
                 problem = check_velocity_inputs(x, a)
         except Exception as error:  # one malformed request never fails the others
             problem = f"unreadable request ({type(error).__name__})"

@@ -221,13 +221,14 @@ def orchestrator_from_triton(
     args: dict[str, str],
     pb_utils: Any,
     engine: Callable[[Path], Velocity] | None = None,
-    to_device: Callable[[np.ndarray], Any] | None = None,
+    placement: Any = None,
 ) -> tuple[Orchestrator, str]:
     """Build the orchestrator of one Triton model from its `initialize` arguments.
 
     The torch adapter passes its own `engine` (the in-process engine, made from the velocity
-    model's version directory; default: ONNX Runtime on model.onnx) and `to_device` (where a BLS
-    caller keeps the ODE state: the velocity model's device): either way the ODE stays there.
+    model's version directory; default: ONNX Runtime on model.onnx) and `placement` (where a BLS
+    caller keeps the ODE state: `to_device`, `from_dlpack`, the velocity model's device): either
+    way the ODE stays there.
     """
     bridge_logging(pb_utils)
     config = json.loads(args["model_config"])
@@ -245,7 +246,7 @@ def orchestrator_from_triton(
     velocity: Velocity
     if mode == "bls":
         velocity = BlsVelocity(
-            pb_utils, velocity_model, int(params[c.VELOCITY_MAX_BATCH_PARAM]), int(version), to_device
+            pb_utils, velocity_model, int(params[c.VELOCITY_MAX_BATCH_PARAM]), int(version), placement
         )
     elif mode == "inprocess" and engine is not None:
         velocity = engine(model_dir.parent / velocity_model / version)

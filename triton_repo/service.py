@@ -47,12 +47,12 @@ def model_from_triton(
     args: dict[str, str],
     pb_utils: Any,
     engine: Callable[[Path], Velocity] | None = None,
-    to_device: Callable[[np.ndarray], Any] | None = None,
+    placement: Any = None,
 ) -> Any:
     """The orchestrator model of one Triton model instance, from its `initialize` arguments
-    (`engine`, `to_device`: the torch adapter's, as for `orchestrator_from_triton`)."""
+    (`engine`, `placement`: the torch adapter's, as for `orchestrator_from_triton`)."""
     bridge_logging(pb_utils)
-    orchestrator, operation = orchestrator_from_triton(args, pb_utils, engine, to_device)
+    orchestrator, operation = orchestrator_from_triton(args, pb_utils, engine, placement)
     params = config_parameters(json.loads(args["model_config"]))
     if params.get(c.SCHEDULING_PARAM, "step") == "request" and operation not in c.STREAMS:
         return RequestModel(pb_utils, orchestrator, operation)
