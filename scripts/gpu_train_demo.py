@@ -6,7 +6,7 @@ the shapes32 grouped-latent model and its scalar-schedule baseline with the same
 and the gmm2d model, then measures ffhq64 training img/s (fp32 eager vs bf16 + channels-last +
 torch.compile). Results go to OUT; the shipped checkpoints keep only the EMA weights.
 
-    python scripts/gpu_train_demo.py --out OUT [--seconds 180] [--quick]
+    python scripts/gpu_train_demo.py --out OUT [--seconds 180] [--quick] [--work DIR]
 """
 
 from __future__ import annotations
@@ -57,22 +57,28 @@ def _render(chunk: tuple[int, int, int]) -> np.ndarray:
     return to_uint8(images)  # [B, H, W, C]
 
 
-def train_for(name: str, overrides: dict[str, Any], pool: Dataset | None, seconds: float, out: Path) -> dict:
-    """Calibrate the step time, then train for about `seconds` with the preset's LR schedule."""
+def train_for(
+    name: str, overrides: dict[str, Any], pool: Dataset | None, seconds: float, out: Path, quick: bool = False
+) -> dict:
+    """Calibrate the step time, then train for about `seconds` with the preset's LR schedule (`quick`:
+    a few steps and a tiny sample grid, a check of this script)."""
     from grouplat.training.presets import PRESETS
     from grouplat.training.training_loop import TrainConfig, train
 
     preset = overrides.pop("preset")
     config = {**PRESETS[preset], **overrides}
+    if quick:
+        config.update(sample_count=4, sample_steps=4)
+    probe_steps, min_steps = (10, 20) if quick else (60, 200)
     probe = TrainConfig(
         **{
             **config,
-            "steps": 60,
-            "warmup": 10,
+            "steps": probe_steps,
+            "warmup": probe_steps // 6,
             "out": str(out / f"{name}-probe"),
             "sample_every": 0,
             "progress": False,
-            "checkpoint_every": 60,
+            "checkpoint_every": probe_steps,
         }
     )
     start = time.perf_counter()
@@ -80,7 +86,7 @@ def train_for(name: str, overrides: dict[str, Any], pool: Dataset | None, second
     lines = [json.loads(x) for x in (out / f"{name}-probe" / "log.jsonl").read_text().splitlines()]
     step_time = min(line["sec_per_step"] for line in lines if "sec_per_step" in line)
     shutil.rmtree(out / f"{name}-probe")
-    steps = max(200, int(seconds / step_time))
+    steps = max(min_steps, int(seconds / step_time))
     cfg = TrainConfig(
         **{
             **config,
@@ -209,9 +215,13 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, default=180.0, help="training time of each shapes32 model")
     parser.add_argument("--quick", action="store_true", help="tiny settings (a CPU check of this script)")
+    parser.add_argument(
+        "--work", default="/tmp/gpu_train_demo", help="the runs with their optimizer state (not brought back)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
-    work = Path("/tmp/gpu_train_demo")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -256,12 +266,12 @@ def main() -> None:
         ("shapes32-scalar", {"preset": "shapes32-scalar", **gpu}),
     ]
     for name, overrides in runs:
-        run = train_for(name, overrides, pool, 5 if args.quick else args.seconds, work)
+        run = train_for(name, overrides, pool, 1 if args.quick else args.seconds, work, args.quick)
         results[name] = run
         release_checkpoint(run["checkpoint"], out / name)
         save_results()
     gmm = {"preset": "gmm2d"} if args.quick else {"preset": "gmm2d", "device": "cuda"}
-    results["gmm2d"] = train_for("gmm2d", gmm, None, 2 if args.quick else 25, work)
+    results["gmm2d"] = train_for("gmm2d", gmm, None, 1 if args.quick else 25, work, args.quick)
     release_checkpoint(results["gmm2d"]["checkpoint"], out / "gmm2d")
     save_results()
     if torch.cuda.is_available():
