@@ -28,11 +28,13 @@ Query = tuple[np.ndarray, np.ndarray]  # one network evaluation: (pixels [B, C, 
 Callback = Callable[[int, float, np.ndarray], None]
 
 # Euler, Heun, and the Gaussian exponential integrators (`GaussianPart`): gei1, midpoint gei2m,
-# and the multistep (Adams–Bashforth in τ) gei2ab and gei3ab, one evaluation per step
-SOLVERS = ("euler", "heun", "gei1", "gei2m", "gei2ab", "gei3ab")
+# the multistep (Adams–Bashforth in τ) gei2ab and gei3ab, one evaluation per step, and gei2pc,
+# gei2ab with a corrector that reuses the next step's evaluation (still one per step)
+SOLVERS = ("euler", "heun", "gei1", "gei2m", "gei2ab", "gei3ab", "gei2pc")
 # network evaluations per ODE step: a solve costs NFE_PER_STEP[solver] × its steps
-NFE_PER_STEP = {"euler": 1, "heun": 2, "gei1": 1, "gei2m": 2, "gei2ab": 1, "gei3ab": 1}
-ADAMS_ORDER = {"gei2ab": 2, "gei3ab": 3}  # the multistep solvers: residuals of this many steps
+NFE_PER_STEP = {"euler": 1, "heun": 2, "gei1": 1, "gei2m": 2, "gei2ab": 1, "gei3ab": 1, "gei2pc": 1}
+ADAMS_ORDER = {"gei2ab": 2, "gei3ab": 3, "gei2pc": 2}  # the multistep solvers: residuals of this many steps
+CORRECTED = ("gei2pc",)  # multistep solvers whose steps are corrected with the next evaluation
 # knot spacing inside a group's phase (`phase_levels`): even in α, or even in the Gaussian flow's τ
 SPACINGS = ("uniform", "tau")
 DEFAULT_STD_RANGE = (0.1, 10.0)  # coefficient std range assumed by `tau` spacing without stats
@@ -266,11 +268,11 @@ def solve(
     """Integrate the latents along `grid` (forward times). Returns float32 [B, C, H·W].
 
     Solvers: `euler`, `heun` (1 and 2 NFE per step), and the Gaussian exponential integrators
-    `gei1`, `gei2m`, `gei2ab`, `gei3ab` (1, 2, 1, 1 NFE per step; the `ab` ones are multistep,
-    restarted at every phase; they need the per-coefficient data `mean` and `std`, [C, H·W], and
-    are exact for Gaussian data at any step count). With `hide`, the groups that
-    decode makes after the active one are zeroed in the network's input and marked HIDDEN in its
-    levels (docs/design.md: hidden groups).
+    `gei1`, `gei2m`, `gei2ab`, `gei3ab`, `gei2pc` (1, 2, 1, 1, 1 NFE per step; the `ab` and `pc`
+    ones are multistep, restarted at every phase; they need the per-coefficient data `mean` and
+    `std`, [C, H·W], and are exact for Gaussian data at any step count). With `hide`, the groups
+    that decode makes after the active one are zeroed in the network's input and marked HIDDEN in
+    its levels (docs/design.md: hidden groups).
 
     Args:
         velocity: the network (or oracle) as a `Velocity` callable.
@@ -386,7 +388,9 @@ def solve_steps(
         f = yield pixels, xp.asarray(xp.broadcast_to(placed[row[t, phase]], (batch, space.k)), copy=True)
         return space.basis.to_latent(xp.asarray(f, dtype=xp.float32))[..., members[phase]]
 
-    history: list[tuple[Any, Any]] = []  # gei?ab: (τ, residual) of the phase, newest first
+    history: list[tuple[Any, Any]] = []  # gei?ab, gei2pc: (τ, residual) of the phase, newest first
+    start: Any = None  # gei2pc: the last step's start state (float64) and level, for the corrector
+    a_start = 0.0
     previous_phase = -1
     for i, (t0, t1, phase) in enumerate(steps):
         if phase != previous_phase:  # multistep history never crosses phases: phase ends stay exact
@@ -413,7 +417,18 @@ def solve_steps(
                 u_mid = yield from group_velocity(middle, times[i][1], phase)
                 residual = part.residual(xp.astype(middle[..., own], xp.float64), u_mid, a_mid)
             elif solver in ADAMS_ORDER:  # gei1, then gei2ab, then the named order
-                history = [(part.tau(a0), residual), *history[: ADAMS_ORDER[solver] - 1]]
+                tau0 = part.tau(a0)
+                if solver in CORRECTED and history:
+                    # UniPC's corrector in τ: this step's start was predicted by the last step; the
+                    # residual just evaluated there redoes that step as an Adams–Moulton one (the
+                    # polynomial through it and the last two residuals). The residual stays the one
+                    # of the predicted state (the network is not asked again), so no evaluation is
+                    # added; a phase's last step stays a prediction, so phase ends need no extra one.
+                    held = _adams_mean([history[0], (tau0, residual), *history[1:2]], tau0)
+                    x0 = part.advance(start, held, a_start, a0)
+                    x[..., own] = xp.astype(x0, xp.float32)
+                start, a_start = x0, a0
+                history = [(tau0, residual), *history[: ADAMS_ORDER[solver] - 1]]
                 residual = _adams_mean(history, part.tau(a1))
             x[..., own] = xp.astype(part.advance(x0, residual, a0, a1), xp.float32)
         if callback is not None:
@@ -431,8 +446,9 @@ def _members(indices: np.ndarray, state: Any) -> slice | Any:
 
 def _adams_mean(history: list[tuple[Any, Any]], tau_end: Any) -> Any:
     """The mean over the step from history[0]'s τ to `tau_end` of the polynomial in τ through the
-    residuals in history (1–3 (τ, residual) pairs, newest first): the residual an Adams–Bashforth
-    step holds. τ, the node offsets d_i = τ_i − τ_0 and the step h are per coefficient."""
+    residuals in history (1–3 (τ, residual) pairs, the step's start first, the others at any τ):
+    the residual an Adams–Bashforth step holds (the others older), or an Adams–Moulton one (one
+    of them at `tau_end`). τ, the node offsets d_i = τ_i − τ_0 and the step h are per coefficient."""
     tau0 = history[0][0]
     h = tau_end - tau0
     nodes = [tau - tau0 for tau, _ in history]

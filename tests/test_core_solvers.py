@@ -167,7 +167,7 @@ def test_bad_solver_settings_are_refused():
         encode(oracle, x, space, Schedule.from_cuts("0.3,0.5"), steps=4)
 
 
-@pytest.mark.parametrize("solver", ["gei1", "gei2m", "gei2ab", "gei3ab"])
+@pytest.mark.parametrize("solver", ["gei1", "gei2m", "gei2ab", "gei3ab", "gei2pc"])
 def test_gaussian_exponential_integrators_are_exact_for_gaussian_data(solver):
     space = LatentSpace((3, 32, 32), "dct", (30, 100, 500))
     oracle, x = oracle_for(space)
@@ -180,10 +180,16 @@ def test_gaussian_exponential_integrators_are_exact_for_gaussian_data(solver):
 
 
 # gei3ab starts every phase with a gei1 and a gei2ab step, whose local errors keep its global order
-# at 2; its later steps make its constant smaller than gei2ab's (the bound: 0.01 vs 0.02).
-@pytest.mark.parametrize(("solver", "bound"), [("gei2m", 1e-2), ("gei2ab", 2e-2), ("gei3ab", 1e-2)])
-def test_gei_converges_on_a_non_gaussian_flow(solver, bound):
-    """Oracle plus a smooth nonlinear residual: the error falls as steps^-2."""
+# at 2; its later steps make its constant smaller than gei2ab's (the bound: 0.01 vs 0.02). gei2pc's
+# corrector makes its later steps third order: measured 2.6 from 30 to 60 steps, a tenth of
+# gei2ab's error (the bound: 1e-3).
+@pytest.mark.parametrize(
+    ("solver", "bound", "order"),
+    [("gei2m", 1e-2, (1.6, 2.6)), ("gei2ab", 2e-2, (1.6, 2.6)), ("gei3ab", 1e-2, (1.6, 2.6)),
+     ("gei2pc", 1e-3, (2.3, 3.3))],
+)  # fmt: skip
+def test_gei_converges_on_a_non_gaussian_flow(solver, bound, order):
+    """Oracle plus a smooth nonlinear residual: the error falls as steps^-order."""
     space = LatentSpace((1, 8, 8), "dct", (4, 16))
     oracle, x = oracle_for(space)
     schedule = Schedule.from_cuts("0.5,0.8")
@@ -197,7 +203,7 @@ def test_gei_converges_on_a_non_gaussian_flow(solver, bound):
         np.abs(encode(velocity, x, space, schedule, steps=n, solver=solver, **stats) - reference).max()
         for n in (30, 60)
     ]
-    assert errors[1] < bound and 1.6 < np.log2(errors[0] / errors[1]) < 2.6, errors
+    assert errors[1] < bound and order[0] < np.log2(errors[0] / errors[1]) < order[1], errors
 
 
 def test_gei_needs_the_data_statistics():

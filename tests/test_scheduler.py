@@ -64,7 +64,7 @@ def latents(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *INFO.space.latent_shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize("solver", ["heun", "gei2m", "gei3ab", "euler"])
+@pytest.mark.parametrize("solver", ["heun", "gei2m", "gei3ab", "gei2pc", "euler"])
 def test_interleaved_requests_with_reuse_and_cache_equal_the_core_decode_bit_for_bit(solver: str) -> None:
     z = latents(5)
     z[3][..., :100] = z[0][..., :100]  # shares S1..S2 with row 0: a variation

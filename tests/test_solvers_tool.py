@@ -46,8 +46,8 @@ def test_solvers_quick_measures_every_setting_and_serves_the_measured_split(tmp_
     report = json.loads((out / "solvers.json").read_text())
     (result,) = report["models"].values()
     assert len([n for n in result["curves"] if n.count("/") == 2 and n.split("/")[2] in
-                ("schedule", "even", "measured")]) == 6 * 2 * 3  # fmt: skip
-    for solver, per_step in (("euler", 1), ("gei2m", 2), ("gei3ab", 1)):
+                ("schedule", "even", "measured")]) == len(SOLVERS) * 2 * 3  # fmt: skip
+    for solver, per_step in (("euler", 1), ("gei2m", 2), ("gei3ab", 1), ("gei2pc", 1)):
         curve = result["curves"][f"{solver}/tau/3-2-2-1"]
         assert list(curve) == [str(8 * per_step)] and np.isfinite(curve[str(8 * per_step)])
     for split in result["splits"].values():  # the measured split, written as a schedule, gives it back
