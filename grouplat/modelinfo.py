@@ -78,7 +78,7 @@ class ModelInfo:
         Args:
             schedule: the generation schedule (k groups).
             steps: total ODE steps, split across the groups by `schedule`.
-            solver: `euler`, `heun`, `gei1`, `gei2m`, `gei2ab` or `gei3ab`.
+            solver: `euler`, `heun`, `gei1`, `gei2m`, `gei2ab`, `gei3ab` or `gei2pc`.
             spacing: `tau` or `uniform` knots inside each group's phase.
 
         Returns:

@@ -12,17 +12,17 @@ from grouplat.schedule import Schedule
 from grouplat.solvers import SOLVERS, SPACINGS
 
 # The served defaults. Chosen by measurement (docs/solvers.md) on models/shapes32, at the previous
-# default's cost (36 network evaluations): GEI-3ab, with its 36 steps split differently in the two
-# directions. Decoding runs S1 first and shows the image at the end of S1's phase, so the decode
-# split gives S1 a third of the steps ([12, 13, 6, 5]: the first preview at a third of the decode,
-# and S3 + S4 a third too, so an edit that keeps S1..S2 redoes only 11 of 36 steps). Encoding
-# ends at S1's data end, the stiffest part of the flow, and needs S1's steps most: [16, 8, 6, 6]
-# round-trips held-out images at 40.3 dB (both directions [16, 8, 6, 6]: 40.8; [12, 13, 6, 5] both
-# ways would lose ~4 dB) and the decode split decodes one-way at 43.5 dB (GEI-2m [8, 4, 3, 3], the
-# default before: 42.1; Heun's [11, 3, 3, 3]: 33 at 40 evaluations). `grouplat export` writes both
-# into every model's config as the default generation and encode schedules for four groups
-# (intervals in proportion to the splits).
-DEFAULT_SOLVER = "gei3ab"
+# default's cost (36 network evaluations): GEI-2pc (GEI-2ab with UniPC's corrector, no extra
+# evaluation), with its 36 steps split differently in the two directions. Decoding runs S1 first
+# and shows the image at the end of S1's phase, so the decode split gives S1 a third of the steps
+# ([12, 13, 6, 5]: the first preview at a third of the decode, and S3 + S4 a third too, so an edit
+# that keeps S1..S2 redoes only 11 of 36 steps). Encoding ends at S1's data end, the stiffest part
+# of the flow, and needs S1's steps most: [16, 8, 6, 6]. Held-out images round-trip at 41.9 dB and
+# the decode split decodes one-way at 44.6 dB (GEI-3ab, the default before, with the same splits:
+# 40.3 and 43.5; GEI-2m [8, 4, 3, 3]: 42.1 one-way; Heun's [11, 3, 3, 3]: 33 at 40 evaluations).
+# `grouplat export` writes both splits into every model's config as the default generation and
+# encode schedules for four groups (intervals in proportion to the splits).
+DEFAULT_SOLVER = "gei2pc"
 DEFAULT_GROUP_STEPS = (12, 13, 6, 5)  # decode (generation), S1..S4
 DEFAULT_ENCODE_GROUP_STEPS = (16, 8, 6, 6)
 DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 36, both directions
@@ -41,7 +41,8 @@ class GenerationSettings:
     reparametrizes time inside the flow), so any decode may follow any encode.
 
     Attributes:
-        solver: `euler`, `heun`, `gei1`, `gei2m`, `gei2ab` or `gei3ab` (grouplat.solvers.SOLVERS).
+        solver: `euler`, `heun`, `gei1`, `gei2m`, `gei2ab`, `gei3ab` or `gei2pc`
+            (grouplat.solvers.SOLVERS).
         steps: total ODE steps, split across the groups by the schedule.
         schedule: the generation (decode) schedule in the paper's cut notation ("0.1,0.2,0.3") or
             as JSON intervals; None means the model's defaults for both directions.
@@ -133,7 +134,7 @@ class GenerationSettings:
 
         Example:
             >>> GenerationSettings(steps=30, schedule="0.5").check(k=2).parameters()
-            {'solver': 'gei3ab', 'steps': 30, 'schedule': '0.5'}
+            {'solver': 'gei2pc', 'steps': 30, 'schedule': '0.5'}
         """
         values: dict[str, str | int] = {"solver": self.solver, "steps": self.steps}
         if self.schedule is not None:

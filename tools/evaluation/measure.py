@@ -127,7 +127,7 @@ def one_way(model: Model, budget: Budget, seed: int) -> dict:
     steps = budget.reference * max(budget.nfe)
     reference = model.decode(latents, steps, "gei2m")
     result: dict = {"reference": f"gei2m, {steps} NFE"}
-    for solver in ("euler", "heun", "gei2m", "gei3ab"):
+    for solver in ("euler", "heun", "gei2m", "gei3ab", "gei2pc"):
         result[solver] = {
             str(n): metrics.psnr(model.decode(latents, n, solver), reference)
             for n in budget.nfe
