@@ -425,8 +425,7 @@ def solve_steps(
                     # of the predicted state (the network is not asked again), so no evaluation is
                     # added; a phase's last step stays a prediction, so phase ends need no extra one.
                     held = _adams_mean([history[0], (tau0, residual), *history[1:2]], tau0)
-                    x0 = part.advance(start, held, a_start, a0)
-                    x[..., own] = xp.astype(x0, xp.float32)
+                    x0 = part.advance(start, held, a_start, a0)  # the step's end overwrites x below
                 start, a_start = x0, a0
                 history = [(tau0, residual), *history[: ADAMS_ORDER[solver] - 1]]
                 residual = _adams_mean(history, part.tau(a1))
