@@ -77,6 +77,13 @@ def register(subparsers: Any) -> None:
         default=d.max_cost,
         help="per-request budget: network evaluations × images (mix counts three solves)",
     )
+    p.add_argument(
+        "--cache-bytes",
+        type=int,
+        default=d.cache_bytes,
+        help="the step loop's cache of phase-end states per orchestrator instance (a repeated latent "
+        "is answered from it); 0 turns it off, e.g. to benchmark decodes with perf_analyzer's repeated inputs",
+    )
     p.add_argument("--version", type=int, help="version number to write (default: the next one)")
     p.add_argument("--force", action="store_true", help="overwrite an existing version")
     p.set_defaults(handler=run)
@@ -122,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         spinning=args.spinning,
         orchestrator_instances=args.instances,
         max_cost=args.max_cost,
+        cache_bytes=args.cache_bytes,
     )
     try:
         checkpoint = load_checkpoint(args.checkpoint)

@@ -186,3 +186,17 @@ def test_export_serves_a_schedule_per_direction(checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert grouplat_main([*args, "--encode-schedule", "0.6,0.3", "--force", "--version", "1"]) == 2
     assert "bad encode schedule: schedule cuts must increase" in capsys.readouterr().err
+
+
+def test_export_sets_the_phase_cache_or_turns_it_off(checkpoint, tmp_path, capsys):
+    """`--cache-bytes` reaches every orchestrator's config (0: off, as perf_analyzer's repeated
+    inputs need); a negative size is refused by name and writes nothing."""
+    repository = tmp_path / "repo"
+    args = ["export", str(checkpoint), "--repository", str(repository)]
+    assert grouplat_main([*args, "--cache-bytes", "0"]) == 0
+    for model in ("encode", "decode", "mix"):
+        assert 'key: "cache_bytes"\n  value {\n    string_value: "0"' in (repository / model / "config.pbtxt").read_text()
+    capsys.readouterr()
+    assert grouplat_main([*args, "--cache-bytes", "-1", "--version", "2"]) == 2
+    assert "cache bytes must be 0 (no cache) or more, got -1" in capsys.readouterr().err
+    assert not (repository / "velocity" / "2").exists()

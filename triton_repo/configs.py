@@ -78,6 +78,8 @@ class ServingOptions:
             raise ValueError(f"default steps must be at least the number of groups ({k})")
         if self.scheduling not in ("step", "request"):
             raise ValueError(f"unknown scheduling {self.scheduling!r}: expected step or request")
+        if self.cache_bytes < 0:
+            raise ValueError(f"cache bytes must be 0 (no cache) or more, got {self.cache_bytes}")
 
 
 def velocity_config(info: ModelInfo, options: ServingOptions, params: dict[str, str]) -> str:
