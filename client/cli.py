@@ -36,6 +36,7 @@ from grouplat.client.errors import ClientError
 from grouplat.client.images import grid, load_image, save_image
 from grouplat.client.latents import DTYPES, Latents
 from grouplat.client.transport import DEFAULT_SERVER, DEFAULT_TIMEOUT, SERVER_ENV, Preview
+from grouplat.solvers import SOLVERS
 
 COMMANDS = ("encode", "decode", "mix", "traverse", "interpolate", "variations", "reconstruct")
 LATENT_SUFFIX = ".latent"
@@ -237,7 +238,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     ode = parser.add_argument_group("generation (default: the latent's own settings, else the model's)")
     ode.add_argument("--steps", type=int, default=None, help="total ODE steps")
-    ode.add_argument("--solver", default=None, help="euler | heun | gei1 | gei2m | gei2ab | gei3ab | gei2pc")
+    ode.add_argument("--solver", default=None, help=" | ".join(SOLVERS))
     ode.add_argument("--schedule", default=None, help="generation cut points, e.g. 0.1,0.2,0.3")
     parser.add_argument(
         "--resize", action="store_true", help="centre-crop and resize images to the model's size"

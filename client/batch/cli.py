@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from grouplat.client.cli import parse_ints
+from grouplat.solvers import SOLVERS
 
 OPERATIONS = {
     "encode": "encode images into latent codes: a Parquet data set",
@@ -68,7 +69,7 @@ def _add(subparsers: Any, op: str) -> argparse.ArgumentParser:
     )
     ode = parser.add_argument_group("generation (default: the model's; decode: each latent's own)")
     ode.add_argument("--steps", type=int, default=None, help="total ODE steps")
-    ode.add_argument("--solver", default=None, help="euler | heun | gei1 | gei2m | gei2ab | gei3ab | gei2pc")
+    ode.add_argument("--solver", default=None, help=" | ".join(SOLVERS))
     ode.add_argument("--schedule", default=None, help="generation cut points, e.g. 0.1,0.2,0.3")
     if op != "decode":
         parser.add_argument(
