@@ -88,3 +88,20 @@ def test_round_trips_leave_the_one_way_curves_alone(tmp_path) -> None:
     assert shared["curves"] == alone["curves"]
     assert shared["round_trip"]["gei3ab/tau/4-3-3-2"] == with_images["round_trip"]["gei3ab/tau/4-3-3-2"]
     assert shared["round_trip"]["gei3ab/tau/3-2-2-1"] != with_images["round_trip"]["gei3ab/tau/3-2-2-1"]
+
+
+def test_calibrate_fits_each_splits_knots_and_checks_them_on_other_latents(tmp_path, capsys) -> None:
+    checkpoint = tiny_grouped_checkpoint(tmp_path / "model")
+    out = tmp_path / "solvers"
+    args = ["solvers", checkpoint, "--quick", "--threads", "1", "--solvers", "gei2pc", "--out", str(out)]
+    assert grouplat_main([*args, "--splits", "4,3,3,2", "--calibrate", "1"]) == 0
+    (result,) = json.loads((out / "solvers.json").read_text())["models"].values()
+    calibrated = result["calibrated"]["gei2pc/tau/4-3-3-2"]
+    assert [len(k) for k in calibrated["knots"]] == [3, 2, 2, 1]
+    assert calibrated["fit"][1] >= calibrated["fit"][0]  # a move is kept only when it helps
+    assert calibrated["fit"][0] == result["curves"]["gei2pc/tau/4-3-3-2"]["12"]  # even knots: the curve's
+    assert all(np.isfinite(calibrated["held_out"]))
+    assert "- gei2pc/tau/4-3-3-2: other latents" in (out / "solvers.md").read_text()
+    capsys.readouterr()
+    assert grouplat_main([*args, "--calibrate", "-1"]) == 2
+    assert "--calibrate takes a number of passes" in capsys.readouterr().err

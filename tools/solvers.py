@@ -18,6 +18,11 @@ same solver and split, or encode with `--encode-split` and decode with each spli
 images, for models of the procedural shapes: what an editing caller sees of an unedited
 photograph, and where a one-way-accurate setting can still lose.
 
+With `--calibrate P`, each split of `--splits` also gets its knots fitted per solver
+(`grouplat.solvers.calibrate_knots`, P passes) to the PSNR of the latents above against their
+reference, and is then measured on as many other latents (seed 1, their own reference): the
+calibrated knots' gain on latents they were not fitted to.
+
 Writes OUT/solvers.json and OUT/solvers.md and prints the Markdown.
 """
 
@@ -35,7 +40,14 @@ import numpy as np
 
 import grouplat
 from grouplat.schedule import Schedule
-from grouplat.solvers import NFE_PER_STEP, SOLVERS, Velocity, allocate_steps
+from grouplat.solvers import (
+    NFE_PER_STEP,
+    SOLVERS,
+    Velocity,
+    allocate_steps,
+    calibrate_knots,
+    group_std_ranges,
+)
 from grouplat.tools.evaluation.metrics import psnr
 
 SPACINGS = ("tau", "uniform")
@@ -71,6 +83,14 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--solvers", default=",".join(SOLVERS), help=f"solvers to measure (default {','.join(SOLVERS)})"
     )
+    p.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        metavar="PASSES",
+        help="fit each split's knots per solver in this many passes, check them on other latents "
+        "(default 0: off)",
+    )
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     p.add_argument("--out", default="solvers", help="output folder (default ./solvers)")
     p.add_argument("--quick", action="store_true", help="tiny counts: a smoke test, not a measurement")
@@ -93,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             "grouplat solvers: --splits and --encode-split take positive counts like '8,4,3,3 5,3,2,2', "
             f"got {args.splits!r} and {args.encode_split!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.calibrate < 0:
+        print(
+            f"grouplat solvers: --calibrate takes a number of passes (0: off), got {args.calibrate}",
             file=sys.stderr,
         )
         return 2
@@ -130,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         encoding = encode_split if encode_split and len(encode_split) == model.space.k else None
         report["models"][path] = study(
             model, nfes, args.latents, args.reference, args.target_nfe, args.probe, fitting, solvers, images,
-            encoding,
+            encoding, args.calibrate,
         )  # fmt: skip
     report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
@@ -153,10 +179,12 @@ def study(
     solvers: Sequence[str] = SOLVERS,
     images: np.ndarray | None = None,
     encode_split: list[int] | None = None,
+    calibrate: int = 0,
 ) -> dict:
     """Every measurement of one model (a `grouplat.tools.evaluation.measure.Model`); `splits` are
     per-group step counts measured with every solver (tau spacing) beside the curves, and as a round
-    trip of `images` when given (encoded with `encode_split`, default each split's own)."""
+    trip of `images` when given (encoded with `encode_split`, default each split's own); with
+    `calibrate` passes, each split's knots are fitted and checked on other latents."""
     k = model.space.k
     latents = np.random.default_rng(0).standard_normal((count, *model.space.latent_shape)).astype(np.float32)
 
@@ -183,7 +211,12 @@ def study(
         "splits": {},
         "round_trip": {},
         "encode_split": encode_split,
+        "calibrated": {},
     }
+    if calibrate and splits:
+        result["calibrated"] = calibrated_knots(
+            model, latents, reference, reference_steps, splits, solvers, calibrate
+        )
     for solver in solvers:
         per_step = NFE_PER_STEP[solver]
         fits = phase_errors(decode, reference, solver, k, probe) if k > 1 else None
@@ -217,6 +250,57 @@ def study(
             steps = split_steps("measured", model.generate, target // per_step, fits)
             result["splits"][solver] = {"steps": steps, "schedule": Schedule.from_steps(steps).text}
     result["best"] = best(result["curves"], target)
+    return result
+
+
+def calibrated_knots(
+    model: Any,
+    latents: np.ndarray,
+    reference: np.ndarray,
+    reference_steps: int,
+    splits: Sequence[list[int]],
+    solvers: Sequence[str],
+    passes: int,
+) -> dict[str, dict]:
+    """Per solver and split: knots fitted to `latents`' PSNR against `reference`, and the PSNR of
+    as many other latents (seed 1, their own reference) with the even and the fitted knots."""
+    ranges = None if model.std is None else group_std_ranges(model.space, model.std)
+    others = np.random.default_rng(1).standard_normal(latents.shape).astype(np.float32)
+
+    def decode(z: np.ndarray, solver: str, steps: Sequence[int], knots: Any = None) -> np.ndarray:
+        grid = grouplat.time_grid(model.generate, list(steps), "tau", ranges, knots=knots)[::-1]
+        x = grouplat.solve(
+            model.velocity,
+            z,
+            model.space,
+            model.generate,
+            grid,
+            solver,
+            model.hide,
+            None,
+            model.mean,
+            model.std,
+        )
+        return model.space.from_latent(x)
+
+    held_out_reference = grouplat.decode(
+        model.velocity, others, model.space, model.generate, reference_steps, "gei2m",
+        std=model.std, mean=model.mean, hide=model.hide,
+    )  # fmt: skip
+    result = {}
+    for solver in solvers:
+        for counts in splits:
+            knots, fitted = calibrate_knots(
+                lambda k, s=solver, c=counts: psnr(decode(latents, s, c, k), reference), counts, passes
+            )
+            result[f"{solver}/tau/{'-'.join(map(str, counts))}"] = {
+                "knots": [[round(float(u), 4) for u in k] for k in knots],
+                "fit": [round(psnr(decode(latents, solver, counts), reference), 2), round(fitted, 2)],
+                "held_out": [
+                    round(psnr(decode(others, solver, counts, chosen), held_out_reference), 2)
+                    for chosen in (None, knots)
+                ],
+            }
     return result
 
 
@@ -304,6 +388,16 @@ def markdown(report: dict) -> str:
                 )
                 lines.append(
                     f"- {solver}: {s['steps']} → `{s['schedule']}` (phase-alone RMS error S1..Sk: {share})"
+                )
+        if r.get("calibrated"):
+            count = report["settings"]["latents"]
+            passes = report["settings"]["calibrate"]
+            lines += ["", f"Calibrated knots ({passes} passes, fitted on the latents above, checked on "
+                      f"{count} others), PSNR (dB) even → calibrated:", ""]  # fmt: skip
+            for name, c in r["calibrated"].items():
+                lines.append(
+                    f"- {name}: other latents {c['held_out'][0]:.1f} → **{c['held_out'][1]:.1f}** "
+                    f"(fitted ones {c['fit'][0]:.1f} → {c['fit'][1]:.1f}); knots {c['knots']}"
                 )
         b = r["best"]
         target = report["settings"]["target_nfe"]
