@@ -82,7 +82,8 @@ def register(subparsers: Any) -> None:
         type=int,
         default=d.cache_bytes,
         help="the step loop's cache of phase-end states per orchestrator instance (a repeated latent "
-        "is answered from it); 0 turns it off, e.g. to benchmark decodes with perf_analyzer's repeated inputs",
+        "is answered from it); 0 turns it off, e.g. to benchmark decodes with perf_analyzer's "
+        "repeated inputs",
     )
     p.add_argument("--version", type=int, help="version number to write (default: the next one)")
     p.add_argument("--force", action="store_true", help="overwrite an existing version")

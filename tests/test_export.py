@@ -195,7 +195,10 @@ def test_export_sets_the_phase_cache_or_turns_it_off(checkpoint, tmp_path, capsy
     args = ["export", str(checkpoint), "--repository", str(repository)]
     assert grouplat_main([*args, "--cache-bytes", "0"]) == 0
     for model in ("encode", "decode", "mix"):
-        assert 'key: "cache_bytes"\n  value {\n    string_value: "0"' in (repository / model / "config.pbtxt").read_text()
+        assert (
+            'key: "cache_bytes"\n  value {\n    string_value: "0"'
+            in (repository / model / "config.pbtxt").read_text()
+        )
     capsys.readouterr()
     assert grouplat_main([*args, "--cache-bytes", "-1", "--version", "2"]) == 2
     assert "cache bytes must be 0 (no cache) or more, got -1" in capsys.readouterr().err

@@ -290,9 +290,11 @@ def calibrated_knots(
     result = {}
     for solver in solvers:
         for counts in splits:
-            knots, fitted = calibrate_knots(
-                lambda k, s=solver, c=counts: psnr(decode(latents, s, c, k), reference), counts, passes
-            )
+
+            def score(knots: list[np.ndarray], solver: str = solver, counts: list[int] = counts) -> float:
+                return psnr(decode(latents, solver, counts, knots), reference)
+
+            knots, fitted = calibrate_knots(score, counts, passes)
             result[f"{solver}/tau/{'-'.join(map(str, counts))}"] = {
                 "knots": [[round(float(u), 4) for u in k] for k in knots],
                 "fit": [round(psnr(decode(latents, solver, counts), reference), 2), round(fitted, 2)],
