@@ -121,14 +121,12 @@ def phase_levels(
     (near α = 1 for σ < 1, near α = 0 for σ > 1). On the oracle with an image-like spectrum it
     beat uniform spacing by 9–14 dB of one-way decode PSNR at equal NFE.
 
-    `knots` moves the inner knots off the even positions: u in (0, 1), increasing, in the spacing's
-    own coordinate (u = 0 the data end, 1 the noise end), as `calibrate_knots` finds them.
-
     Args:
         steps: the phase's number of steps.
         spacing: `uniform` (even in α) or `tau`.
         std_range: the group's (min, max) coefficient std, used by `tau`.
-        knots: `steps − 1` inner positions u; None: evenly spaced.
+        knots: `steps − 1` increasing inner positions u in (0, 1) of the spacing's coordinate (0 the
+            data end), as `grouplat solvers --calibrate` fits them; None: evenly spaced.
 
     Returns:
         float64 [steps + 1], from exactly 1 down to exactly 0.
@@ -186,7 +184,8 @@ def time_grid(
         std_ranges: [k, 2], each group's (min, max) coefficient std for `tau` spacing
             (`group_std_ranges`); None: DEFAULT_STD_RANGE for every group.
         min_steps: as for `allocate_steps`.
-        knots: per group (S1 first), its phase's inner knots for `phase_levels` (`calibrate_knots`);
+        knots: per group (S1 first), its phase's inner knots for `phase_levels` (`grouplat solvers
+            --calibrate`);
             None: evenly spaced.
 
     Returns:
@@ -210,49 +209,6 @@ def time_grid(
         pieces.append(schedule.end[j] - alphas * (schedule.end[j] - schedule.start[j]))
     grid = np.concatenate([p[:-1] for p in pieces] + [[1.0]])
     return grid
-
-
-def calibrate_knots(
-    score: Callable[[list[np.ndarray]], float], steps: Sequence[int], passes: int = 3
-) -> tuple[list[np.ndarray], float]:
-    """Inner knots per phase that maximise `score`, by coordinate search from the even spacing.
-
-    A trained network's flow is rougher in some parts of a phase than the Gaussian spacing assumes
-    (docs/solvers.md: S1's data end); with the total steps fixed, moving knots there pays. Like
-    Align Your Steps (Sabour et al., 2024) the knots are fitted to one model and split, scored on
-    calibration latents against a many-step decode; check them on other latents. Each pass moves
-    every knot towards a neighbour by 40% of the gap (60% of the last pass's move) while that helps.
-
-    Args:
-        score: knots per group (S1 first; `phase_levels`'s u) → a number to maximise, e.g. the
-            decode's PSNR against a reference.
-        steps: the split, one count per group (S1 first).
-        passes: sweeps over every knot.
-
-    Returns:
-        (knots per group, their score).
-
-    Example:
-        >>> target = np.array([0.1, 0.3])  # a toy score: S1's knots near these (even: 1/3, 2/3)
-        >>> knots, best = calibrate_knots(lambda k: -float(np.abs(k[0] - target).sum()), [3, 1], 8)
-        >>> knots[0].round(1).tolist(), knots[1].tolist(), round(best, 1)
-        ([0.1, 0.3], [], -0.0)
-    """
-    knots = [np.linspace(0.0, 1.0, int(n) + 1)[1:-1] for n in steps]
-    best, move = score(knots), 0.4
-    for _ in range(passes):
-        for j, inner in enumerate(knots):
-            for i in range(len(inner)):
-                for direction in (-1, 1):
-                    edges = np.concatenate([[0.0], knots[j], [1.0]])
-                    gap = edges[i + 1] - edges[i] if direction < 0 else edges[i + 2] - edges[i + 1]
-                    trial = [k.copy() for k in knots]
-                    trial[j][i] += direction * move * gap
-                    if (value := score(trial)) > best:
-                        best, knots = value, trial
-                        break
-        move *= 0.6
-    return knots, best
 
 
 def group_std_ranges(space: LatentSpace, std: np.ndarray) -> np.ndarray:
@@ -538,9 +494,10 @@ def _grid(
     steps: int | Sequence[int],
     spacing: str,
     std: np.ndarray | None,
+    knots: Sequence[Sequence[float]] | None = None,
 ) -> np.ndarray:
     ranges = None if std is None else group_std_ranges(space, std)
-    return time_grid(schedule, steps, spacing, ranges)
+    return time_grid(schedule, steps, spacing, ranges, knots=knots)
 
 
 def encode(
@@ -612,6 +569,7 @@ def decode(
     mean: np.ndarray | None = None,
     hide: bool = True,
     callback: Callback | None = None,
+    knots: Sequence[Sequence[float]] | None = None,
 ) -> Array:
     """Latents [B, C, H·W] → images [B, C, H, W] (integrate t from 1 to 0).
 
@@ -630,6 +588,7 @@ def decode(
         mean: the data mean per coefficient, broadcastable to [C, H·W]; needed by the `gei` solvers.
         hide: as for `solve`.
         callback: as for `solve` (copy the state to keep it).
+        knots: each phase's inner knots, as for `time_grid`; None: evenly spaced.
 
     Returns:
         float32 images [B, C, H, W] (not clipped to [-1, 1]).
@@ -639,6 +598,6 @@ def decode(
             `time_grid` or `solve` rejects (bad steps, spacing or solver, a k mismatch, a `gei`
             solver without mean and std).
     """
-    grid = _grid(space, schedule, steps, spacing, std)[::-1]
+    grid = _grid(space, schedule, steps, spacing, std, knots)[::-1]
     state = solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std)
     return space.from_latent(state)

@@ -14,7 +14,8 @@ from grouplat import (
     solve,
     time_grid,
 )
-from grouplat.solvers import calibrate_knots, group_std_ranges, phase_levels
+from grouplat.solvers import group_std_ranges, phase_levels
+from grouplat.tools.solvers import calibrate_knots
 
 
 def oracle_for(space, seed=0):
