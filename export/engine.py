@@ -37,6 +37,7 @@ def model_info(checkpoint) -> ModelInfo:  # type: ignore[no-untyped-def]
         checkpoint.hide,
         np.asarray(checkpoint.data_mean, np.float32),
         np.asarray(checkpoint.data_std, np.float32),
+        checkpoint.knots,
     )
 
 

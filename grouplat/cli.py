@@ -27,6 +27,7 @@ COMMANDS = {
     "batch": "grouplat.client.batch.cli",
     "bench": "grouplat.tools.bench.cli",
     "solvers": "grouplat.tools.solvers",
+    "calibrate": "grouplat.tools.calibrate",
     "perf-analyzer": "grouplat.tools.perf_analyzer",
     "perf-inputs": "grouplat.tools.perf_analyzer",
     **{

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from grouplat import knots as calibrated
 from grouplat.schedule import Schedule
+from grouplat.solvers import allocate_steps
 from grouplat.space import LatentSpace
 
 INFO_FILE = "model.json"  # `ModelInfo.describe()` as JSON
@@ -33,10 +35,12 @@ class ModelInfo:
         hide: whether hidden groups (docs/design.md §1) were used in training; encode/decode must match.
         mean: per-coefficient data mean, float32 [C, H·W].
         std: per-coefficient data std, float32 [C, H·W]; finite and positive.
+        knots: the calibrated knots of some settings (`grouplat.knots`; `grouplat calibrate`);
+            empty: every setting spaces its knots evenly.
 
     Raises:
         ValueError: a training schedule with another k than the space, stats of another shape
-            than [C, H·W], or a std that is not finite and positive.
+            than [C, H·W], a std that is not finite and positive, or an invalid knots table.
 
     Example:
         >>> import grouplat
@@ -54,6 +58,7 @@ class ModelInfo:
     hide: bool  # hidden groups (docs/design.md §1) were used in training, so must be in encode/decode
     mean: np.ndarray  # per-coefficient data mean [C, H·W], float32
     std: np.ndarray  # per-coefficient data std [C, H·W], float32
+    knots: calibrated.Table = field(default_factory=dict)  # calibrated knots by setting (grouplat.knots)
 
     def __post_init__(self) -> None:
         if self.train_schedule.k != self.space.k:
@@ -68,22 +73,30 @@ class ModelInfo:
                 )
         if not (np.isfinite(self.std).all() and (self.std > 0).all()):
             raise ValueError("data std must be finite and positive")
+        object.__setattr__(self, "knots", calibrated.check(self.knots, self.space.k))
 
     def solve_args(
-        self, schedule: Schedule, steps: int, solver: str = "heun", spacing: str = "tau"
+        self,
+        schedule: Schedule,
+        steps: int,
+        solver: str = "heun",
+        spacing: str = "tau",
+        direction: str = "decode",
     ) -> dict[str, Any]:
         """Keyword arguments of `grouplat.encode` / `decode` for this model: its latent space, data
-        statistics and hiding, with the given generation settings.
+        statistics, hiding and calibrated knots, with the given generation settings.
 
         Args:
             schedule: the generation schedule (k groups).
             steps: total ODE steps, split across the groups by `schedule`.
             solver: `euler`, `heun`, `gei1`, `gei2m`, `gei2ab`, `gei3ab` or `gei2pc`.
             spacing: `tau` or `uniform` knots inside each group's phase.
+            direction: `encode` or `decode`: whose calibrated knots apply.
 
         Returns:
-            `space`, `schedule`, `steps`, `solver`, `spacing`, `std`, `mean` and `hide`; nothing
-            is checked here (encode/decode check them).
+            `space`, `schedule`, `steps`, `solver`, `spacing`, `std`, `mean`, `hide` and `knots`
+            (None where `knots` has no entry for these settings); nothing else is checked here
+            (encode/decode check them).
 
         Example:
             >>> import grouplat
@@ -105,20 +118,35 @@ class ModelInfo:
             "std": self.std,
             "mean": self.mean,
             "hide": self.hide,
+            "knots": self.knots_for(direction, schedule, steps, solver, spacing),
         }
+
+    def knots_for(
+        self, direction: str, schedule: Schedule, steps: int, solver: str, spacing: str
+    ) -> list[list[float]] | None:
+        """The calibrated knots of these settings, or None (even spacing): also for steps that
+        `allocate_steps` rejects, which encode/decode then reject by name."""
+        if not self.knots:
+            return None
+        try:
+            per_group = allocate_steps(schedule, steps)
+        except ValueError:
+            return None
+        return calibrated.lookup(self.knots, direction, solver, spacing, per_group.tolist())
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready metadata (without the stats arrays).
 
         Returns:
             `fingerprint`, `space` (`LatentSpace.describe`), `train_schedule`
-            (`Schedule.describe`) and `hide`.
+            (`Schedule.describe`), `hide` and `knots`.
         """
         return {
             "fingerprint": self.fingerprint,
             "space": self.space.describe(),
             "train_schedule": self.train_schedule.describe(),
             "hide": self.hide,
+            "knots": self.knots,
         }
 
     def save(self, directory: str | Path) -> None:
@@ -151,6 +179,7 @@ class ModelInfo:
                 bool(meta["hide"]),
                 mean.astype(np.float32),
                 std.astype(np.float32),
+                meta.get("knots") or {},  # model infos written before calibrated knots have none
             )
         except (OSError, KeyError, ValueError) as error:
             raise ValueError(f"cannot read the model info in {directory}: {error}") from error

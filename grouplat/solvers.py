@@ -512,6 +512,7 @@ def encode(
     mean: np.ndarray | None = None,
     hide: bool = True,
     callback: Callback | None = None,
+    knots: Sequence[Sequence[float]] | None = None,
 ) -> Array:
     """Images [B, C, H, W] in [-1, 1] → latents [B, C, H·W] (integrate t from 0 to 1).
 
@@ -532,6 +533,7 @@ def encode(
         mean: the data mean per coefficient, broadcastable to [C, H·W]; needed by the `gei` solvers.
         hide: as for `solve`.
         callback: as for `solve` (copy the state to keep it).
+        knots: each phase's inner knots, as for `time_grid`; None: evenly spaced.
 
     Returns:
         float32 latents [B, C, H·W].
@@ -552,7 +554,7 @@ def encode(
         >>> z.shape, back.shape, bool(np.abs(back - images).max() < 1e-6)  # GEI: exact on Gaussians
         ((2, 1, 64), (2, 1, 8, 8), True)
     """
-    grid = _grid(space, schedule, steps, spacing, std)
+    grid = _grid(space, schedule, steps, spacing, std, knots)
     latents = space.to_latent(images)
     return solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std)
 

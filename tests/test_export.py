@@ -203,3 +203,58 @@ def test_export_sets_the_phase_cache_or_turns_it_off(checkpoint, tmp_path, capsy
     assert grouplat_main([*args, "--cache-bytes", "-1", "--version", "2"]) == 2
     assert "cache bytes must be 0 (no cache) or more, got -1" in capsys.readouterr().err
     assert not (repository / "velocity" / "2").exists()
+
+
+def test_calibrated_knots_travel_from_the_checkpoint_to_the_served_model(checkpoint, tmp_path, capsys):
+    """knots.json beside a checkpoint (`grouplat calibrate`) goes into every exported version's
+    model info, and the served encode and decode of those settings use it; a file fitted to
+    another model is refused by name and nothing is exported."""
+    from grouplat import knots
+    from grouplat.settings import GenerationSettings
+
+    source = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint, source)
+    fingerprint = load_checkpoint(source).fingerprint
+    settings = GenerationSettings(steps=9).check(3)
+    splits = {
+        direction: grouplat.allocate_steps(chosen.generation_schedule(3), 9).tolist()
+        for direction, chosen in (("decode", settings), ("encode", settings.encoding()))
+    }
+    table = {  # every phase's knots crowded towards its data end: far from the even spacing
+        knots.key(d, settings.solver, "tau", split): [
+            (np.linspace(0, 1, n + 1)[1:-1] ** 2).tolist() for n in split
+        ]
+        for d, split in splits.items()
+    }
+    knots.write(source, fingerprint, table, {"command": "test"})
+    repository = tmp_path / "repo"
+    assert grouplat_main(["export", str(source), "--repository", str(repository)]) == 0
+    info = ModelInfo.load(repository / "velocity" / "1")
+    assert info.knots == table
+    velocity = OnnxVelocity(repository / "velocity" / "1" / "model.onnx")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
+    with EmbeddedServer(repository) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        request = grpcclient.InferInput("IMAGE", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        z = client.infer("encode", [request], parameters={"steps": 9}).as_numpy("LATENT")
+        latent = grpcclient.InferInput("LATENT", list(z.shape), "FP32")
+        latent.set_data_from_numpy(z)
+        image = client.infer("decode", [latent], parameters={"steps": 9}).as_numpy("IMAGE")
+
+    def local(direction: str, chosen: GenerationSettings) -> dict:
+        schedule = chosen.generation_schedule(3)
+        return info.solve_args(schedule, 9, chosen.solver, chosen.spacing, direction)
+
+    want_z = grouplat.encode(velocity, x, **local("encode", settings.encoding()))
+    even_z = grouplat.encode(velocity, x, **local("encode", settings.encoding()) | {"knots": None})
+    np.testing.assert_allclose(z, want_z, atol=1e-4)
+    assert np.abs(want_z - even_z).max() > 1e-2  # the served encode used the knots
+    want_x = grouplat.decode(velocity, z, **local("decode", settings))
+    even_x = grouplat.decode(velocity, z, **local("decode", settings) | {"knots": None})
+    np.testing.assert_allclose(image, want_x, atol=1e-4)
+    assert np.abs(want_x - even_x).max() > 1e-2
+    knots.write(source, "0" * 64, table, {})
+    capsys.readouterr()
+    assert grouplat_main(["export", str(source), "--repository", str(tmp_path / "other")]) == 2
+    assert "knots.json" in capsys.readouterr().err and not (tmp_path / "other" / "velocity").exists()

@@ -207,3 +207,62 @@ def test_served_decode_stream_sends_a_preview_per_phase_then_the_decode(tmp_path
     assert phases == [1, 2, 3, 4]
     np.testing.assert_array_equal(images[-1], unary)  # the stream's last answer is the decode
     np.testing.assert_allclose(unary, x, atol=1e-4)  # gei2m is exact for the oracle
+
+
+def test_calibrated_knots_serve_the_settings_they_were_fitted_to_and_no_others() -> None:
+    """A model's calibrated knots (grouplat.knots) reach both paths' encode and decode when the
+    direction, solver, spacing and steps per group match, and no other settings (Heun: not exact
+    on Gaussian data, so the knots change the numbers)."""
+    from dataclasses import replace
+
+    from grouplat.serving.orchestration import Orchestrator
+
+    settings = GenerationSettings("heun", 12, "0.2,0.4,0.6", encode_schedule="0.1,0.2,0.3").check(4)
+    decode_split = grouplat.allocate_steps(settings.generation_schedule(4), 12).tolist()
+    encode_split = grouplat.allocate_steps(settings.encoding().generation_schedule(4), 12).tolist()
+    skewed = {  # every phase's knots crowded towards its data end
+        key: [(np.linspace(0, 1, n + 1)[1:-1] ** 2).tolist() for n in split]
+        for key, split in ((f"decode/heun/tau/{'-'.join(map(str, decode_split))}", decode_split),
+                           (f"encode/heun/tau/{'-'.join(map(str, encode_split))}", encode_split))
+    }  # fmt: skip
+    info = replace(INFO, knots=skewed)
+    x = oracle_images(ORACLE, 2)
+
+    def core(direction: str, chosen: GenerationSettings) -> dict:
+        schedule = chosen.generation_schedule(4)
+        return info.solve_args(schedule, chosen.steps, chosen.solver, chosen.spacing, direction)
+
+    want_z = grouplat.encode(ORACLE, x, **core("encode", settings.encoding()))
+    want_x = grouplat.decode(ORACLE, want_z, **core("decode", settings))
+    assert (
+        core("encode", settings.encoding())["knots"]
+        == skewed[f"encode/heun/tau/{'-'.join(map(str, encode_split))}"]
+    )
+    even_z = grouplat.encode(
+        ORACLE, x, **INFO.solve_args(settings.encoding().generation_schedule(4), 12, "heun")
+    )
+    assert np.abs(want_z - even_z).max() > 1e-3  # the knots were used
+    assert (
+        np.abs(want_x - grouplat.decode(ORACLE, want_z, **core("decode", settings) | {"knots": None})).max()
+        > 1e-3
+    )
+    other = replace(settings, steps=16)
+    assert (
+        core("decode", other)["knots"] is None
+        and core("decode", replace(settings, solver="euler"))["knots"] is None
+    )
+    scheduler, outcomes = Scheduler(ORACLE), Outcomes()
+    try:
+        scheduler.submit(Job(Plan(info, settings).encode(x), outcomes.finish("z")))
+        scheduler.submit(Job(Plan(info, settings).decode(want_z), outcomes.finish("x")))
+        scheduler.submit(Job(Plan(info, other).decode(want_z), outcomes.finish("other")))
+        stepped = outcomes.wait(3)
+    finally:
+        scheduler.close()
+    np.testing.assert_array_equal(stepped["z"], want_z)
+    np.testing.assert_array_equal(stepped["x"], want_x)
+    np.testing.assert_array_equal(stepped["other"], grouplat.decode(ORACLE, want_z, **INFO.solve_args(
+        other.generation_schedule(4), 16, "heun")))  # fmt: skip
+    orchestrator = Orchestrator(info, ORACLE, settings)
+    np.testing.assert_array_equal(orchestrator.run(c.ENCODE, {c.IMAGE: x}, settings), want_z)
+    np.testing.assert_array_equal(orchestrator.run(c.DECODE, {c.LATENT: want_z}, settings), want_x)

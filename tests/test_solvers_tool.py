@@ -105,3 +105,37 @@ def test_calibrate_fits_each_splits_knots_and_checks_them_on_other_latents(tmp_p
     capsys.readouterr()
     assert grouplat_main([*args, "--calibrate", "-1"]) == 2
     assert "--calibrate takes a number of passes" in capsys.readouterr().err
+
+
+def test_calibrate_writes_both_directions_knots_beside_the_checkpoint(tmp_path, capsys) -> None:
+    """`grouplat calibrate`: the served splits' knots, fitted (never worse than even on the latents
+    fitted to), written to knots.json, which the checkpoint then loads; bad arguments refused."""
+    from grouplat.training.checkpoint import load_checkpoint
+
+    checkpoint = tiny_grouped_checkpoint(tmp_path / "model")
+    args = ["calibrate", checkpoint, "--quick", "--threads", "1", "--steps", "8", "--encode-steps", "12"]
+    assert grouplat_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "one-way decode, other latents: even" in printed and "knots.json" in printed
+    content = json.loads((tmp_path / "model" / "knots.json").read_text())
+    schedules = grouplat.settings.default_generate_schedule(4), grouplat.settings.default_encode_schedule(4)
+    splits = [allocate_steps(s, n).tolist() for s, n in zip(schedules, (8, 12))]
+    names = [f"{d}/gei2pc/tau/{'-'.join(map(str, split))}" for d, split in zip(("decode", "encode"), splits)]
+    assert sorted(content["knots"]) == sorted(names)
+    for name, split in zip(names, splits):
+        assert [len(k) for k in content["knots"][name]] == [n - 1 for n in split]
+    fitted = content["fitted"]
+    for direction in ("decode", "round_trip"):
+        assert fitted[direction]["fit"][1] >= fitted[direction]["fit"][0]  # a move is kept only when it helps
+        assert all(np.isfinite(fitted[direction]["held_out"]))
+    assert load_checkpoint(checkpoint).knots == content["knots"]
+    assert grouplat_main([*args[:-4], "--steps", "12", "--dry-run"]) == 0  # another setting, nothing written
+    assert sorted(json.loads((tmp_path / "model" / "knots.json").read_text())["knots"]) == sorted(names)
+    capsys.readouterr()
+    for bad, message in (
+        (["--steps", "2"], "2 steps cannot cover 4 groups"),
+        (["--solver", "rk4"], "unknown solver 'rk4'"),
+        (["--passes", "0"], "must be positive"),
+    ):
+        assert grouplat_main([*args[:3], *bad]) == 2
+        assert message in capsys.readouterr().err

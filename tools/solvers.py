@@ -32,7 +32,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from grouplat.solvers import (
     Velocity,
     allocate_steps,
 )
+from grouplat.tools.calibrate import calibrate_knots
 from grouplat.tools.evaluation.metrics import psnr
 
 SPACINGS = ("tau", "uniform")
@@ -291,49 +292,6 @@ def calibrated_knots(
                 ],
             }
     return result
-
-
-def calibrate_knots(
-    score: Callable[[list[np.ndarray]], float], steps: Sequence[int], passes: int = 3
-) -> tuple[list[np.ndarray], float]:
-    """Inner knots per phase that maximise `score`, by coordinate search from the even spacing.
-
-    A trained network's flow is rougher in some parts of a phase than the Gaussian spacing assumes
-    (docs/solvers.md: S1's data end); with the total steps fixed, moving knots there pays. Like
-    Align Your Steps (Sabour et al., 2024) the knots are fitted to one model and split, scored on
-    calibration latents against a many-step decode; check them on other latents. Each pass moves
-    every knot towards a neighbour by 40% of the gap (60% of the last pass's move) while that helps.
-
-    Args:
-        score: knots per group (S1 first; `phase_levels`'s u) → a number to maximise, e.g. the
-            decode's PSNR against a reference.
-        steps: the split, one count per group (S1 first).
-        passes: sweeps over every knot.
-
-    Returns:
-        (knots per group, their score).
-
-    Example:
-        >>> target = np.array([0.1, 0.3])  # a toy score: S1's knots near these (even: 1/3, 2/3)
-        >>> knots, best = calibrate_knots(lambda k: -float(np.abs(k[0] - target).sum()), [3, 1], 8)
-        >>> knots[0].round(1).tolist(), knots[1].tolist(), round(best, 1)
-        ([0.1, 0.3], [], -0.0)
-    """
-    knots = [np.linspace(0.0, 1.0, int(n) + 1)[1:-1] for n in steps]
-    best, move = score(knots), 0.4
-    for _ in range(passes):
-        for j, inner in enumerate(knots):
-            for i in range(len(inner)):
-                for direction in (-1, 1):
-                    edges = np.concatenate([[0.0], knots[j], [1.0]])
-                    gap = edges[i + 1] - edges[i] if direction < 0 else edges[i + 2] - edges[i + 1]
-                    trial = [k.copy() for k in knots]
-                    trial[j][i] += direction * move * gap
-                    if (value := score(trial)) > best:
-                        best, knots = value, trial
-                        break
-        move *= 0.6
-    return knots, best
 
 
 def phase_errors(decode: Any, reference: np.ndarray, solver: str, k: int, probe: int) -> list[dict]:

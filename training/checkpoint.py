@@ -6,6 +6,7 @@
     optimizer.safetensors   Adam state tensors     ┐ only for resuming
     optimizer.json          the rest of its state  │
     trainer.json            step, images seen, …   ┘
+    knots.json              calibrated knots of the served settings (`grouplat calibrate`; optional)
 
 The fingerprint (sha256 over the EMA weights, the data statistics and the metadata that shape the
 latent space) identifies the model that makes — and alone may decode — a latent (docs/design.md §2).
@@ -19,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from grouplat.knots import KNOTS_FILE
+from grouplat.knots import read as read_knots
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
 from grouplat.training.networks import build_network, numpy_velocity
@@ -124,6 +127,8 @@ def release_checkpoint(source: str | Path, target: str | Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     save_file(kept, str(target / MODEL), metadata={"format": FORMAT, "grouplat": text.strip()})
     (target / METADATA).write_text(text)
+    if (root / KNOTS_FILE).is_file():  # calibrated for these weights: they stay with them
+        shutil.copyfile(root / KNOTS_FILE, target / KNOTS_FILE)
     return target
 
 
@@ -139,6 +144,7 @@ class Checkpoint:
     data_mean: np.ndarray  # float32 [C, H·W]
     data_std: np.ndarray  # float32 [C, H·W]
     fingerprint: str
+    knots: dict[str, list[list[float]]] = field(default_factory=dict)  # calibrated (grouplat.knots)
 
     @property
     def hide(self) -> bool:
@@ -208,8 +214,9 @@ def load_checkpoint(path: str | Path, weights: str = "ema", device: str | torch.
             f"{str(root / MODEL)!r} does not match its metadata's network: {str(error).splitlines()[0]}"
         ) from None
     actual = _verify(root, metadata, weights, state, mean, std)
+    knots = read_knots(root, actual) if weights == "ema" else {}  # fitted to the EMA weights
     network.eval().requires_grad_(False).to(device)
-    return Checkpoint(root, metadata, space, schedule, network, mean, std, actual)
+    return Checkpoint(root, metadata, space, schedule, network, mean, std, actual, knots)
 
 
 def _verify(

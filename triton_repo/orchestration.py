@@ -189,9 +189,10 @@ class Orchestrator:
         owners: np.ndarray | None,
         cancelled: Callable[[], np.ndarray] | None,
     ) -> Any:
-        def solve(direction: GenerationSettings) -> dict[str, Any]:
-            schedule = direction.generation_schedule(self.space.k)
-            return self.info.solve_args(schedule, direction.steps, direction.solver, direction.spacing)
+        def solve(direction: str) -> dict[str, Any]:
+            chosen = settings.encoding() if direction == "encode" else settings
+            schedule = chosen.generation_schedule(self.space.k)
+            return self.info.solve_args(schedule, chosen.steps, chosen.solver, chosen.spacing, direction)
 
         def engine(rows: np.ndarray | None) -> Velocity:
             return (
@@ -201,15 +202,15 @@ class Orchestrator:
             )
 
         if operation == c.ENCODE:
-            return encode(engine(owners), images=inputs[c.IMAGE], **solve(settings.encoding()))
+            return encode(engine(owners), images=inputs[c.IMAGE], **solve("encode"))
         if operation == c.DECODE:
-            return decode(engine(owners), latents=inputs[c.LATENT], **solve(settings))
+            return decode(engine(owners), latents=inputs[c.LATENT], **solve("decode"))
         a = inputs[c.IMAGE_A]
         both_owners = None if owners is None else np.concatenate([owners, owners])
         images = arrays.namespace(a).concat([a, inputs[c.IMAGE_B]])
-        both = encode(engine(both_owners), images=images, **solve(settings.encoding()))
+        both = encode(engine(both_owners), images=images, **solve("encode"))
         mixed = ops.mix(self.space, both[: len(a)], both[len(a) :], inputs[c.GROUPS])
-        return decode(engine(owners), latents=mixed, **solve(settings))
+        return decode(engine(owners), latents=mixed, **solve("decode"))
 
 
 def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:

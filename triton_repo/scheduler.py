@@ -71,7 +71,7 @@ class Plan:
     preview: Preview | None = None
 
     def __post_init__(self) -> None:
-        self.schedule, self.per_group, self.grid = self._grid(self.settings)  # the decode's
+        self.schedule, self.per_group, self.grid = self._grid(self.settings, "decode")
         # ascending-grid index range of each group's phase (phases run finest first in forward time)
         self.bounds: dict[int, tuple[int, int]] = {}
         start = 0
@@ -79,13 +79,19 @@ class Plan:
             self.bounds[int(j)] = (start, start + int(self.per_group[j]))
             start += int(self.per_group[j])
 
-    def _grid(self, settings: GenerationSettings) -> tuple[Schedule, np.ndarray, np.ndarray]:
-        """The schedule, steps per group and ascending time grid of `settings`."""
-        space = self.info.space
-        schedule = settings.generation_schedule(space.k)
+    def _grid(self, settings: GenerationSettings, direction: str) -> tuple[Schedule, np.ndarray, np.ndarray]:
+        """The schedule, steps per group and ascending time grid of `settings` in `direction`
+        (`encode` or `decode`: whose calibrated knots the model may have)."""
+        info = self.info
+        schedule = settings.generation_schedule(info.space.k)
         per_group = allocate_steps(schedule, settings.steps)
-        ranges = group_std_ranges(space, self.info.std)
-        return schedule, per_group, time_grid(schedule, per_group.tolist(), settings.spacing, ranges)
+        ranges = group_std_ranges(info.space, info.std)
+        knots = info.knots_for(direction, schedule, settings.steps, settings.solver, settings.spacing)
+        return (
+            schedule,
+            per_group,
+            time_grid(schedule, per_group.tolist(), settings.spacing, ranges, knots=knots),
+        )
 
     def _solve(self, state: np.ndarray, grid: np.ndarray, schedule: Schedule | None = None) -> Program:
         info, s = self.info, self.settings
@@ -95,7 +101,7 @@ class Plan:
 
     def encode(self, images: np.ndarray) -> Program:
         """The encode direction: its own schedule (`settings.encoding()`)."""
-        schedule, _, grid = self._grid(self.settings.encoding())
+        schedule, _, grid = self._grid(self.settings.encoding(), "encode")
         return self._solve(self.info.space.to_latent(images), grid, schedule)
 
     def decode(self, latents: np.ndarray) -> Program:

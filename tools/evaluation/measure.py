@@ -9,14 +9,15 @@ the two are compared like for like.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from grouplat import knots as calibrated
 from grouplat import ops
 from grouplat.schedule import Schedule
 from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS
-from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
+from grouplat.solvers import NFE_PER_STEP, Velocity, allocate_steps, decode, encode
 from grouplat.space import LatentSpace
 from grouplat.tools.evaluation import metrics
 
@@ -62,18 +63,22 @@ class Model:
     std: np.ndarray
     hide: bool
     encoding: Schedule | None = None  # the encode's schedule; None: `generate`
+    knots: dict = field(default_factory=dict)  # calibrated knots (grouplat.knots), as served
 
-    def _solve(self, solver: str, nfe: int, schedule: Schedule | None) -> dict:
+    def _solve(self, solver: str, nfe: int, schedule: Schedule | None, direction: str = "decode") -> dict:
         steps = nfe // NFE_PER_STEP[solver]
         if steps < self.space.k:
             raise ValueError(f"{nfe} NFE with {solver} cannot cover {self.space.k} groups")
+        schedule = schedule or self.generate
+        per_group = allocate_steps(schedule, steps).tolist()
         return dict(
-            velocity=self.velocity, space=self.space, schedule=schedule or self.generate, steps=steps,
+            velocity=self.velocity, space=self.space, schedule=schedule, steps=steps,
             solver=solver, std=self.std, mean=self.mean, hide=self.hide,
+            knots=calibrated.lookup(self.knots, direction, solver, "tau", per_group),
         )  # fmt: skip
 
     def encode(self, images: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER) -> np.ndarray:
-        return encode(images=images, **self._solve(solver, nfe, self.encoding))
+        return encode(images=images, **self._solve(solver, nfe, self.encoding, "encode"))
 
     def decode(
         self, latents: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER, schedule: Schedule | None = None
