@@ -144,6 +144,7 @@ class Latents:
                 steps=self.settings.steps,
                 schedule=self.settings.schedule,
                 encode_schedule=self.settings.encode_schedule or "",
+                encode_steps=self.settings.encode_steps or 0,
             ),
             dtype=DTYPES[self.dtype],
             count=len(self.values),
@@ -173,7 +174,10 @@ class Latents:
         item = np.dtype("<" + ("f4" if dtype == "float32" else "f2"))
         values = np.frombuffer(code.coefficients, dtype=item).reshape(code.count, *space.latent_shape)
         s = code.settings
-        settings = Settings(s.solver, int(s.steps), s.schedule, encode_schedule=s.encode_schedule or None)
+        settings = Settings(
+            s.solver, int(s.steps), s.schedule, encode_schedule=s.encode_schedule or None,
+            encode_steps=int(s.encode_steps) or None,
+        )  # fmt: skip
         return cls(values.astype(np.float32), code.fingerprint, space, settings, dtype, code.model_version)
 
     def to_bytes(self) -> bytes:

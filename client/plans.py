@@ -19,7 +19,6 @@ version serves are refused (`ModelMismatchError`), or with `force=True` decoded 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -348,7 +347,7 @@ def request_parameters(model: str, settings: Settings) -> dict[str, str | int]:
     if STREAMS.get(model, model) == ENCODE:
         return settings.encoding().parameters()
     if STREAMS.get(model, model) == DECODE:
-        return replace(settings, encode_schedule=None).parameters()
+        return settings.decoding().parameters()
     return settings.parameters()
 
 

@@ -23,7 +23,9 @@ from grouplat.client.errors import ServerError
 from grouplat.client.latents import Settings
 from grouplat.schedule import Schedule
 from grouplat.serving.contract import (
+    DEFAULT_PARAMS,
     ENCODE_SCHEDULE_PARAM,
+    ENCODE_STEPS_PARAM,
     FINGERPRINT_PARAM,
     GENERATE_SCHEDULE_PARAM,
     HIDE_PARAM,
@@ -34,8 +36,6 @@ from grouplat.serving.contract import (
     VERSIONS_PARAM,
 )
 from grouplat.space import LatentSpace
-
-DEFAULTS = (GENERATE_SCHEDULE_PARAM, ENCODE_SCHEDULE_PARAM, STEPS_PARAM, SOLVER_PARAM)  # a version's own
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class ServedModel:
                 int(params[STEPS_PARAM]),
                 params[GENERATE_SCHEDULE_PARAM],
                 encode_schedule=params.get(ENCODE_SCHEDULE_PARAM) or None,  # absent: one schedule
+                encode_steps=int(params.get(ENCODE_STEPS_PARAM) or 0) or None,  # absent: one count
             )
             settings = settings.check(space.k)
         except (TypeError, ValueError, KeyError) as e:
@@ -151,7 +152,7 @@ def version_parameters(config: dict[str, Any], unlisted: str = "") -> dict[str, 
     versions = {}
     for number in sorted(entries, key=int):
         entry = entries[number]
-        own = {**shared, **{key: str(entry[key]) for key in DEFAULTS if key in entry}}
+        own = {**shared, **{key: str(entry[key]) for key in DEFAULT_PARAMS if key in entry}}
         own[FINGERPRINT_PARAM] = str(entry.get("fingerprint", ""))
         if "space" in entry:
             own[SPACE_PARAM] = json.dumps(entry["space"])
@@ -223,9 +224,9 @@ class Wanted:
     def resolve(self, info: ServedModel, base: Settings | None = None) -> Settings:
         """Keywords over `settings` over `base` (a latent's own) over the model's defaults, checked.
 
-        A field left None falls through to the next; the schedules fall through as a pair (a
-        keyword `schedule` serves both directions). The server applies its own spacing (it is not
-        a request parameter).
+        A field left None falls through to the next; the schedules and the steps each fall through
+        as a pair (a keyword `schedule` or `steps` serves both directions). The server applies its
+        own spacing (it is not a request parameter).
         """
         fallback = base or info.settings
         start = self.settings or fallback
@@ -234,9 +235,13 @@ class Wanted:
             (pair for pair in levels if pair[0] is not None),
             (fallback.schedule, fallback.encode_schedule),
         )
+        steps, encode_steps = (
+            (self.steps, None) if self.steps is not None else (start.steps, start.encode_steps)
+        )
         return Settings(
             self.solver if self.solver is not None else start.solver,
-            self.steps if self.steps is not None else start.steps,
+            steps,
             schedule,
             encode_schedule=encode_schedule,
+            encode_steps=encode_steps,
         ).check(info.space.k)

@@ -51,7 +51,13 @@ def register(subparsers: Any) -> None:
         help="how encode/decode/mix call the engine: in-process (ONNX Runtime; with --engine torch "
         "the torch engine, the whole ODE on its device), or BLS through the velocity model",
     )
-    p.add_argument("--steps", type=int, default=d.steps, help="default ODE steps per request")
+    p.add_argument("--steps", type=int, default=d.steps, help="default ODE steps per decode request")
+    p.add_argument(
+        "--encode-steps",
+        type=int,
+        help=f"default ODE steps per encode (mix: its two encodes); default {d.encode_steps} when --steps "
+        "is left at its default, else --steps",
+    )
     p.add_argument("--solver", choices=SOLVERS, default=d.solver, help="default solver")
     p.add_argument(
         "--generate-schedule",
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from grouplat.training.checkpoint import load_checkpoint
 
     started = time.perf_counter()
+    defaults = ServingOptions()
     options = ServingOptions(
         engine=args.engine,
         device=args.device or ("gpu" if args.engine == "tensorrt" else host_device()),
@@ -122,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         generate_schedule=args.generate_schedule,
         encode_schedule=args.encode_schedule,
         steps=args.steps,
+        encode_steps=args.encode_steps
+        or (defaults.encode_steps if args.steps == defaults.steps else args.steps),
         solver=args.solver,
         max_batch=args.max_batch,
         request_batch=args.request_batch,

@@ -28,7 +28,6 @@ from grouplat.serving.configs import ENGINES, ServingOptions, orchestrator_confi
 SERVING = resources.files("grouplat.serving")
 DEFAULT_OPTIONS = ServingOptions()
 DEFAULTS_FILE = "defaults.json"  # per version: its default schedules, steps and solver
-DEFAULT_PARAMS = (c.GENERATE_SCHEDULE_PARAM, c.ENCODE_SCHEDULE_PARAM, c.STEPS_PARAM, c.SOLVER_PARAM)
 __all__ = ["ENGINES", "ServingOptions", "write_repository"]
 
 
@@ -85,6 +84,7 @@ def write_repository(
         c.GENERATE_SCHEDULE_PARAM: generate.text,
         c.ENCODE_SCHEDULE_PARAM: default_encode_schedule(info, options).text,
         c.STEPS_PARAM: str(options.steps),
+        c.ENCODE_STEPS_PARAM: str(options.encode_steps or options.steps),
         c.SOLVER_PARAM: options.solver,
     }
     call = {
@@ -151,7 +151,7 @@ def version_parameters(root: Path) -> dict[str, str]:
         c.SPACE_PARAM: json.dumps(newest["space"]),
         c.TRAIN_SCHEDULE_PARAM: Schedule.from_description(newest["train_schedule"]).text,
         c.HIDE_PARAM: str(int(newest["hide"])),
-        **{key: newest[key] for key in DEFAULT_PARAMS if key in newest},
+        **{key: newest[key] for key in c.DEFAULT_PARAMS if key in newest},
         c.VERSIONS_PARAM: json.dumps(dict(sorted(versions.items(), key=lambda kv: int(kv[0])))),
     }
 

@@ -11,21 +11,22 @@ from typing import Any
 from grouplat.schedule import Schedule
 from grouplat.solvers import SOLVERS, SPACINGS
 
-# The served defaults. Chosen by measurement (docs/solvers.md) on models/shapes32, at the previous
-# default's cost (36 network evaluations): GEI-2pc (GEI-2ab with UniPC's corrector, no extra
-# evaluation), with its 36 steps split differently in the two directions. Decoding runs S1 first
-# and shows the image at the end of S1's phase, so the decode split gives S1 a third of the steps
-# ([12, 13, 6, 5]: the first preview at a third of the decode, and S3 + S4 a third too, so an edit
-# that keeps S1..S2 redoes only 11 of 36 steps). Encoding ends at S1's data end, the stiffest part
-# of the flow, and needs S1's steps most: [16, 8, 6, 6]. Held-out images round-trip at 41.9 dB and
-# the decode split decodes one-way at 44.6 dB (GEI-3ab, the default before, with the same splits:
-# 40.3 and 43.5; GEI-2m [8, 4, 3, 3]: 42.1 one-way; Heun's [11, 3, 3, 3]: 33 at 40 evaluations).
-# `grouplat export` writes both splits into every model's config as the default generation and
-# encode schedules for four groups (intervals in proportion to the splits).
+# The served defaults. Chosen by measurement (docs/solvers.md) on models/shapes32: GEI-2pc (GEI-2ab
+# with UniPC's corrector, no extra evaluation), each direction with its own steps and split, and
+# each split's knots calibrated to the model (`grouplat calibrate`, grouplat.knots). A decode is
+# what a caller does often (samples, previews, variations, every edit): 24 steps [10, 5, 5, 4]
+# decode one-way at 41.7 dB with calibrated knots (38.7 evenly spaced; 36 steps [12, 13, 6, 5]:
+# 47.4). S1 gets the most steps: its data end is the stiffest part of the flow, and the first
+# preview (the end of S1's phase) comes at 10 of 24 steps. An encode turns a caller's own image
+# into a latent once per image and ends at that stiff data end: 36 steps [16, 8, 6, 6], with
+# which held-out images round-trip at ~41 dB (24 steps at best ~38).
+# `grouplat export` writes these into every model's config as the default settings for four groups
+# (schedules with intervals in proportion to the splits).
 DEFAULT_SOLVER = "gei2pc"
-DEFAULT_GROUP_STEPS = (12, 13, 6, 5)  # decode (generation), S1..S4
+DEFAULT_GROUP_STEPS = (10, 5, 5, 4)  # decode (generation), S1..S4
 DEFAULT_ENCODE_GROUP_STEPS = (16, 8, 6, 6)
-DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 36, both directions
+DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 24: the decode's
+DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
 DEFAULT_SPACING = "tau"
 MAX_STEPS = 4096  # per request; the server may bound the cost further
 MAX_SCHEDULE_TEXT = 2000  # characters of a schedule given as text
@@ -35,25 +36,30 @@ MAX_SCHEDULE_TEXT = 2000  # characters of a schedule given as text
 class GenerationSettings:
     """ODE settings of an encode and of the decode that goes with it.
 
-    The two directions share solver, steps and spacing; their schedules (how the steps are split
-    over the groups) may differ: a model serves an S1-heavy encode and an S1-light decode by
-    default (see DEFAULT_GROUP_STEPS). A latent is the same whatever the split (the schedule only
-    reparametrizes time inside the flow), so any decode may follow any encode.
+    The two directions share solver and spacing; their steps and schedules (how the steps are
+    split over the groups) may differ: a model serves a 36-step encode and a 24-step decode by
+    default (see DEFAULT_GROUP_STEPS). A latent is the same whatever the steps and split (they
+    only discretize the one flow), so any decode may follow any encode.
 
     Attributes:
         solver: `euler`, `heun`, `gei1`, `gei2m`, `gei2ab`, `gei3ab` or `gei2pc`
             (grouplat.solvers.SOLVERS).
-        steps: total ODE steps, split across the groups by the schedule.
+        steps: total ODE steps of a decode (and of an encode, unless `encode_steps`), split across
+            the groups by the schedule.
         schedule: the generation (decode) schedule in the paper's cut notation ("0.1,0.2,0.3") or
             as JSON intervals; None means the model's defaults for both directions.
         spacing: knot spacing inside a group's phase, `tau` or `uniform`.
         encode_schedule: the encode's schedule where it differs from `schedule`; None: `schedule`
             serves both directions.
+        encode_steps: the encode's total steps where they differ from `steps`; None: `steps`
+            serves both directions.
 
     Example:
         >>> s = GenerationSettings(steps=30).check(k=4)
         >>> s.schedule, s.encode_schedule
-        ('0.138889,0.305556,0.666667', '0.166667,0.333333,0.555556')
+        ('0.166667,0.375,0.583333', '0.166667,0.333333,0.555556')
+        >>> GenerationSettings(steps=24, encode_steps=36).encoding().steps
+        36
     """
 
     solver: str = DEFAULT_SOLVER
@@ -61,6 +67,7 @@ class GenerationSettings:
     schedule: str | None = None
     spacing: str = DEFAULT_SPACING
     encode_schedule: str | None = None
+    encode_steps: int | None = None
 
     def check(self, k: int) -> GenerationSettings:
         """These settings validated for a model with k groups, the schedules filled in and normalized.
@@ -74,16 +81,19 @@ class GenerationSettings:
             `encode_schedule` is None where it equals `schedule`.
 
         Raises:
-            ValueError: an unknown solver or spacing, steps that are not an integer in
-                k..MAX_STEPS, or a schedule that is malformed or has the wrong number of groups.
+            ValueError: an unknown solver or spacing, steps or encode steps that are not an
+                integer in k..MAX_STEPS, or a schedule that is malformed or has the wrong number
+                of groups.
         """
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {_short(self.solver)}: expected one of {', '.join(SOLVERS)}")
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {_short(self.spacing)}: expected one of {', '.join(SPACINGS)}")
-        steps = self.steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not k <= steps <= MAX_STEPS:
-            raise ValueError(f"steps must be an integer in {k}..{MAX_STEPS}, got {_short(steps)}")
+        for name, steps in (("steps", self.steps), ("encode steps", self.encode_steps)):
+            if steps is None and name == "encode steps":
+                continue
+            if isinstance(steps, bool) or not isinstance(steps, int) or not k <= steps <= MAX_STEPS:
+                raise ValueError(f"{name} must be an integer in {k}..{MAX_STEPS}, got {_short(steps)}")
         encode: str | Schedule | None = self.encode_schedule
         if self.schedule is not None:
             schedule = parse_schedule(self.schedule, k, "schedule")
@@ -92,7 +102,10 @@ class GenerationSettings:
         encoding = None if encode is None else parse_schedule(encode, k, "encode schedule").text
         same = encoding == schedule.text
         return replace(
-            self, steps=int(steps), schedule=schedule.text, encode_schedule=None if same else encoding
+            self,
+            schedule=schedule.text,
+            encode_schedule=None if same else encoding,
+            encode_steps=None if self.encode_steps == self.steps else self.encode_steps,
         )
 
     def generation_schedule(self, k: int) -> Schedule:
@@ -114,23 +127,36 @@ class GenerationSettings:
         return default_generate_schedule(k) if self.schedule is None else Schedule.parse(self.schedule, k)
 
     def encoding(self) -> GenerationSettings:
-        """The settings of the encode direction: `encode_schedule` (where set) as the schedule.
+        """The settings of the encode direction: `encode_schedule` and `encode_steps` (where set)
+        as the schedule and steps.
 
         Example:
             >>> GenerationSettings(schedule="0.5", encode_schedule="0.25").encoding().schedule
             '0.25'
         """
-        if self.encode_schedule is None:
+        if self.encode_schedule is None and self.encode_steps is None:
             return self
-        return replace(self, schedule=self.encode_schedule, encode_schedule=None)
+        schedule = self.schedule if self.encode_schedule is None else self.encode_schedule
+        steps = self.steps if self.encode_steps is None else self.encode_steps
+        return replace(self, steps=steps, schedule=schedule, encode_schedule=None, encode_steps=None)
+
+    def decoding(self) -> GenerationSettings:
+        """The settings of the decode direction alone (no encode schedule or steps).
+
+        Example:
+            >>> GenerationSettings(steps=24, encode_steps=36).decoding().encode_steps is None
+            True
+        """
+        return replace(self, encode_schedule=None, encode_steps=None)
 
     def parameters(self) -> dict[str, str | int]:
-        """The per-request Triton parameters (`solver`, `steps`, `schedule` and `encode_schedule`
-        when set).
+        """The per-request Triton parameters (`solver`, `steps`, and `schedule`, `encode_schedule`
+        and `encode_steps` when set).
 
         Returns:
-            `{"solver": ..., "steps": ...}`, with `"schedule"` and `"encode_schedule"` too when
-            they are not None; the values as stored (`check` first for canonical ones).
+            `{"solver": ..., "steps": ...}`, with `"schedule"`, `"encode_schedule"` and
+            `"encode_steps"` too when they are not None; the values as stored (`check` first for
+            canonical ones).
 
         Example:
             >>> GenerationSettings(steps=30, schedule="0.5").check(k=2).parameters()
@@ -141,14 +167,17 @@ class GenerationSettings:
             values["schedule"] = self.schedule
         if self.encode_schedule is not None:
             values["encode_schedule"] = self.encode_schedule
+        if self.encode_steps is not None:
+            values["encode_steps"] = self.encode_steps
         return values
 
     def with_parameters(self, parameters: Mapping[str, Any], k: int) -> GenerationSettings:
         """These settings (a model's defaults) overridden by a request's parameters, checked.
 
         Args:
-            parameters: `steps` (an integer, or a string of ASCII digits), `solver`, `schedule`
-                (both directions, unless `encode_schedule` is given too), `encode_schedule`.
+            parameters: `steps` (an integer, or a string of ASCII digits; both directions, unless
+                `encode_steps` is given too), `encode_steps`, `solver`, `schedule` (both
+                directions, unless `encode_schedule` is given too), `encode_schedule`.
             k: the model's number of groups.
 
         Returns:
@@ -159,19 +188,21 @@ class GenerationSettings:
             ValueError: an unknown parameter or a bad value (see `check`).
 
         Example:
-            >>> GenerationSettings().with_parameters({"steps": "30", "solver": "heun", "schedule": "0.5"}, 2)
-            GenerationSettings(solver='heun', steps=30, schedule='0.5', spacing='tau', encode_schedule=None)
+            >>> s = GenerationSettings(encode_steps=36).with_parameters({"steps": "30", "schedule": "0.5"}, 2)
+            >>> s.steps, s.encode_steps, s.schedule, s.encode_schedule
+            (30, None, '0.5', None)
         """
         unknown = sorted(set(parameters) - set(REQUEST_PARAMETERS))
         if unknown:
             names = ", ".join(_short(u, 40) for u in unknown[:5])
             raise ValueError(f"unknown request parameter(s) {names}: use {', '.join(REQUEST_PARAMETERS)}")
-        steps = parameters.get("steps", self.steps)
-        if isinstance(steps, str):
-            text = steps.strip()
-            if not (text.isascii() and text.isdigit() and len(text) <= 6):
-                raise ValueError(f"steps must be an integer in {k}..{MAX_STEPS}, got {_short(steps)}")
-            steps = int(text)
+        if "steps" in parameters:  # a request's steps serve both directions unless it says
+            steps, encode_steps = parameters["steps"], parameters.get("encode_steps")
+        else:
+            steps, encode_steps = self.steps, parameters.get("encode_steps", self.encode_steps)
+        steps, encode_steps = (
+            _integer(value, name, k) for value, name in ((steps, "steps"), (encode_steps, "encode steps"))
+        )
         if "schedule" in parameters:  # a request's schedule serves both directions unless it says
             schedule, encode_schedule = parameters["schedule"], parameters.get("encode_schedule")
         else:
@@ -180,10 +211,23 @@ class GenerationSettings:
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a string, got {_short(value)}")
         solver = parameters.get("solver", self.solver)
-        return GenerationSettings(solver, steps, schedule, self.spacing, encode_schedule).check(k)
+        return GenerationSettings(solver, steps, schedule, self.spacing, encode_schedule, encode_steps).check(
+            k
+        )
 
 
-REQUEST_PARAMETERS = ("steps", "solver", "schedule", "encode_schedule")
+REQUEST_PARAMETERS = ("steps", "solver", "schedule", "encode_schedule", "encode_steps")
+
+
+def _integer(value: Any, name: str, k: int) -> Any:
+    """A request's steps as sent: an integer, or a string of ASCII digits made one (else refused);
+    anything else is left for `check` to refuse by name."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise ValueError(f"{name} must be an integer in {k}..{MAX_STEPS}, got {_short(value)}")
+    return int(text)
 
 
 def default_generate_schedule(k: int, train: Schedule | None = None) -> Schedule:
@@ -200,7 +244,7 @@ def default_generate_schedule(k: int, train: Schedule | None = None) -> Schedule
 
     Example:
         >>> [default_generate_schedule(k).cuts for k in (4, 3, 1)]
-        ['0.138889,0.305556,0.666667', '0.333333,0.666667', '-']
+        ['0.166667,0.375,0.583333', '0.333333,0.666667', '-']
     """
     return _default(k, train, DEFAULT_GROUP_STEPS)
 

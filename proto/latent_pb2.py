@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgrouplat/proto/latent.proto\x12\x0bgrouplat.v1\"^\n\x12GenerationSettings\x12\x0e\n\x06solver\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08schedule\x18\x03 \x01(\t\x12\x17\n\x0f\x65ncode_schedule\x18\x04 \x01(\t\"\x9b\x02\n\nLatentCode\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x13\n\x0bimage_shape\x18\x03 \x03(\r\x12\r\n\x05\x62\x61sis\x18\x04 \x01(\t\x12\x18\n\x10group_boundaries\x18\x05 \x03(\r\x12\x10\n\x08group_of\x18\x06 \x03(\r\x12\x31\n\x08settings\x18\x07 \x01(\x0b\x32\x1f.grouplat.v1.GenerationSettings\x12!\n\x05\x64type\x18\x08 \x01(\x0e\x32\x12.grouplat.v1.DType\x12\r\n\x05\x63ount\x18\t \x01(\r\x12\x14\n\x0c\x63oefficients\x18\n \x01(\x0c\x12\x15\n\rmodel_version\x18\x0b \x01(\t*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x42\x12\n\x0e\x61i.grouplat.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgrouplat/proto/latent.proto\x12\x0bgrouplat.v1\"t\n\x12GenerationSettings\x12\x0e\n\x06solver\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08schedule\x18\x03 \x01(\t\x12\x17\n\x0f\x65ncode_schedule\x18\x04 \x01(\t\x12\x14\n\x0c\x65ncode_steps\x18\x05 \x01(\r\"\x9b\x02\n\nLatentCode\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x13\n\x0bimage_shape\x18\x03 \x03(\r\x12\r\n\x05\x62\x61sis\x18\x04 \x01(\t\x12\x18\n\x10group_boundaries\x18\x05 \x03(\r\x12\x10\n\x08group_of\x18\x06 \x03(\r\x12\x31\n\x08settings\x18\x07 \x01(\x0b\x32\x1f.grouplat.v1.GenerationSettings\x12!\n\x05\x64type\x18\x08 \x01(\x0e\x32\x12.grouplat.v1.DType\x12\r\n\x05\x63ount\x18\t \x01(\r\x12\x14\n\x0c\x63oefficients\x18\n \x01(\x0c\x12\x15\n\rmodel_version\x18\x0b \x01(\t*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x42\x12\n\x0e\x61i.grouplat.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -22,10 +22,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'grouplat.proto.latent_pb2',
 if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['DESCRIPTOR']._options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016ai.grouplat.v1P\001'
-  _globals['_DTYPE']._serialized_start=426
-  _globals['_DTYPE']._serialized_end=494
+  _globals['_DTYPE']._serialized_start=448
+  _globals['_DTYPE']._serialized_end=516
   _globals['_GENERATIONSETTINGS']._serialized_start=44
-  _globals['_GENERATIONSETTINGS']._serialized_end=138
-  _globals['_LATENTCODE']._serialized_start=141
-  _globals['_LATENTCODE']._serialized_end=424
+  _globals['_GENERATIONSETTINGS']._serialized_end=160
+  _globals['_LATENTCODE']._serialized_start=163
+  _globals['_LATENTCODE']._serialized_end=446
 # @@protoc_insertion_point(module_scope)

@@ -16,16 +16,18 @@ DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
 
 class GenerationSettings(_message.Message):
-    __slots__ = ("solver", "steps", "schedule", "encode_schedule")
+    __slots__ = ("solver", "steps", "schedule", "encode_schedule", "encode_steps")
     SOLVER_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     ENCODE_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_STEPS_FIELD_NUMBER: _ClassVar[int]
     solver: str
     steps: int
     schedule: str
     encode_schedule: str
-    def __init__(self, solver: _Optional[str] = ..., steps: _Optional[int] = ..., schedule: _Optional[str] = ..., encode_schedule: _Optional[str] = ...) -> None: ...
+    encode_steps: int
+    def __init__(self, solver: _Optional[str] = ..., steps: _Optional[int] = ..., schedule: _Optional[str] = ..., encode_schedule: _Optional[str] = ..., encode_steps: _Optional[int] = ...) -> None: ...
 
 class LatentCode(_message.Message):
     __slots__ = ("format_version", "fingerprint", "image_shape", "basis", "group_boundaries", "group_of", "settings", "dtype", "count", "coefficients", "model_version")

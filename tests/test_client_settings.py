@@ -67,3 +67,32 @@ def test_latent_files_keep_the_encode_schedule() -> None:
     for settings in (pair, OWN.check(4)):
         z = Latents(np.zeros((1, 3, 256), np.float32), MODEL.fingerprint, SPACE, settings)
         assert Latents.from_bytes(z.to_bytes()).settings == settings
+
+
+def test_steps_fall_through_as_a_pair_and_latent_files_keep_them() -> None:
+    """A model serves an encode's and a decode's steps; whoever gives `steps` gives both, and
+    the request of each direction sends its own."""
+    from grouplat.client.plans import request_parameters
+
+    served = Settings("gei2pc", 24, encode_steps=36).check(4)
+    model = ServedModel("ab" * 32, SPACE, served, "0.1,0.2,0.3", True)
+    assert (Wanted().resolve(model).steps, Wanted().resolve(model).encoding().steps) == (24, 36)
+    for wanted, base in ((Wanted(steps=12), None), (Wanted(Settings(steps=12)), None),
+                         (Wanted(), Settings("gei2pc", 12))):  # fmt: skip
+        resolved = wanted.resolve(model, base)
+        assert (resolved.steps, resolved.encode_steps, resolved.encoding().steps) == (12, None, 12)
+    both = Wanted(Settings(steps=10, encode_steps=14)).resolve(model)
+    assert request_parameters("encode", both)["steps"] == 14 and "encode_steps" not in request_parameters(
+        "encode", both
+    )
+    assert request_parameters("decode", both)["steps"] == 10 and "encode_steps" not in request_parameters(
+        "decode", both
+    )
+    assert (request_parameters("mix", both)["steps"], request_parameters("mix", both)["encode_steps"]) == (
+        10,
+        14,
+    )
+    z = Latents(np.zeros((1, 3, 256), np.float32), MODEL.fingerprint, SPACE, served)
+    assert Latents.from_bytes(z.to_bytes()).settings == served
+    with pytest.raises(ValueError, match="encode steps must be an integer in 4..4096, got 2"):
+        Settings(encode_steps=2).check(4)

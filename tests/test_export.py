@@ -258,3 +258,22 @@ def test_calibrated_knots_travel_from_the_checkpoint_to_the_served_model(checkpo
     capsys.readouterr()
     assert grouplat_main(["export", str(source), "--repository", str(tmp_path / "other")]) == 2
     assert "knots.json" in capsys.readouterr().err and not (tmp_path / "other" / "velocity").exists()
+
+
+def test_export_serves_steps_per_direction(checkpoint, tmp_path, capsys):
+    """Defaults: a 24-step decode, a 36-step encode; `--steps` alone sets both, `--encode-steps`
+    the encode's; too few for the groups is refused by name."""
+    from grouplat.settings import DEFAULT_ENCODE_STEPS, DEFAULT_STEPS
+
+    repository = tmp_path / "repo"
+    args = ["export", str(checkpoint), "--repository", str(repository), "--force", "--version", "1"]
+    for extra, expected in (([], (DEFAULT_STEPS, DEFAULT_ENCODE_STEPS)), (["--steps", "30"], (30, 30)),
+                            (["--steps", "30", "--encode-steps", "40"], (30, 40))):  # fmt: skip
+        assert grouplat_main([*args, *extra]) == 0
+        params = json.loads((repository / "decode" / "1" / "defaults.json").read_text())
+        assert (int(params["steps"]), int(params["encode_steps"])) == expected
+    capsys.readouterr()
+    assert grouplat_main([*args, "--encode-steps", "2"]) == 2
+    assert (
+        "default steps and encode steps must be at least the number of groups (3)" in capsys.readouterr().err
+    )

@@ -22,6 +22,7 @@ from grouplat.modelinfo import ModelInfo
 from grouplat.serving.engines import OnnxVelocity
 from grouplat.serving.server import EmbeddedServer
 from grouplat.settings import (
+    DEFAULT_ENCODE_STEPS,
     DEFAULT_SOLVER,
     DEFAULT_STEPS,
     default_encode_schedule,
@@ -49,22 +50,28 @@ def in_process(
     repository,
     operation,
     *args,
-    steps=DEFAULT_STEPS,
+    steps=None,
     solver=DEFAULT_SOLVER,
     schedule=None,
     encode_schedule=None,
+    encode_steps=None,
 ):
-    """The same solve with the core solver over the same ONNX engine, no server. Schedules: the
-    served pair by default; a `schedule` given serves both directions unless `encode_schedule` is."""
+    """The same solve with the core solver over the same ONNX engine, no server. Schedules and
+    steps: the served pairs by default; a `schedule` (`steps`) given serves both directions unless
+    `encode_schedule` (`encode_steps`) is."""
     if schedule is None:
         schedule, encode_schedule = DEFAULT_SCHEDULE, encode_schedule or DEFAULT_ENCODE_SCHEDULE
+    if steps is None:
+        steps, encode_steps = DEFAULT_STEPS, encode_steps or DEFAULT_ENCODE_STEPS
     info = ModelInfo.load(repository / "encode" / "1")
     velocity = OnnxVelocity(repository / "velocity" / "1" / "model.onnx")
-    settings = dict(
-        space=info.space, steps=steps, solver=solver, std=info.std, mean=info.mean, hide=info.hide
+    settings = dict(space=info.space, solver=solver, std=info.std, mean=info.mean, hide=info.hide)
+    decoding = dict(settings, schedule=grouplat.Schedule.from_cuts(schedule), steps=steps)
+    encoding = dict(
+        settings,
+        schedule=grouplat.Schedule.from_cuts(encode_schedule or schedule),
+        steps=encode_steps or steps,
     )
-    decoding = dict(settings, schedule=grouplat.Schedule.from_cuts(schedule))
-    encoding = dict(settings, schedule=grouplat.Schedule.from_cuts(encode_schedule or schedule))
     if operation == "encode":
         return grouplat.encode(velocity, args[0], **encoding)
     if operation == "decode":
@@ -120,7 +127,7 @@ def test_request_parameters_change_the_result(oracle, oracle_server, oracle_repo
 def test_encode_and_decode_have_their_own_default_schedules(oracle, oracle_server, oracle_repository):
     """Served defaults: an S1-heavy encode, an S1-light decode; a request's `schedule` serves both
     directions unless it gives `encode_schedule` too. Heun, not exact on Gaussian data, tells the
-    schedules apart (at the default 36 steps, where the two splits differ)."""
+    schedules apart."""
     assert DEFAULT_SCHEDULE != DEFAULT_ENCODE_SCHEDULE
     x = oracle_images(oracle, 2)
     z = call(oracle_server, "encode", [("IMAGE", x)], solver="heun")
@@ -138,6 +145,35 @@ def test_encode_and_decode_have_their_own_default_schedules(oracle, oracle_serve
     z = call(oracle_server, "encode", [("IMAGE", x)], solver="heun", **pair)
     expected = in_process(oracle_repository, "encode", x, solver="heun", **pair)
     np.testing.assert_allclose(z, expected, atol=1e-4)
+
+
+def test_encode_and_decode_have_their_own_default_steps(oracle, oracle_server, oracle_repository):
+    """Served defaults: a 36-step encode (mix: both its encodes) and a 24-step decode; a request's
+    `steps` serves both directions unless it gives `encode_steps` too; bad encode steps are refused
+    by name and the server goes on."""
+    assert DEFAULT_ENCODE_STEPS != DEFAULT_STEPS
+    client = grpcclient.InferenceServerClient(oracle_server.grpc_url)
+    for model in ("encode", "decode", "mix"):
+        params = client.get_model_config(model, as_json=True)["config"]["parameters"]
+        assert params["steps"]["string_value"] == str(DEFAULT_STEPS)
+        assert params["encode_steps"]["string_value"] == str(DEFAULT_ENCODE_STEPS)
+    x = oracle_images(oracle, 2)
+    at_decode_steps = in_process(oracle_repository, "encode", x, solver="heun", steps=DEFAULT_STEPS)
+    assert np.abs(call(oracle_server, "encode", [("IMAGE", x)], solver="heun") - at_decode_steps).max() > 1e-3
+    for steps in (dict(steps=12), dict(encode_steps=12), dict(steps=10, encode_steps=14)):
+        z = call(oracle_server, "encode", [("IMAGE", x)], solver="heun", **steps)
+        np.testing.assert_allclose(
+            z, in_process(oracle_repository, "encode", x, solver="heun", **steps), atol=1e-4
+        )
+        groups = np.array([[True, False, False, False], [False, True, True, False]])
+        inputs = [("IMAGE_A", x), ("IMAGE_B", x[::-1]), ("GROUPS", groups, "BOOL")]
+        mixed = call(oracle_server, "mix", inputs, solver="heun", **steps)
+        expected = in_process(oracle_repository, "mix", x, x[::-1], groups, solver="heun", **steps)
+        np.testing.assert_allclose(mixed, expected, atol=1e-4)
+    with pytest.raises(InferenceServerException, match="encode steps must be an integer in 4..") as error:
+        call(oracle_server, "encode", [("IMAGE", x)], encode_steps=2)
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert call(oracle_server, "encode", [("IMAGE", x)], steps=8).shape == (2, *oracle.space.latent_shape)
 
 
 def test_every_model_exposes_the_model_parameters(oracle_server, oracle_repository):

@@ -27,7 +27,7 @@ import numpy as np
 
 import grouplat
 from grouplat import knots as calibrated
-from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS, MAX_STEPS
+from grouplat.settings import DEFAULT_ENCODE_STEPS, DEFAULT_SOLVER, DEFAULT_STEPS, MAX_STEPS
 from grouplat.solvers import SOLVERS, allocate_steps
 from grouplat.tools.evaluation.metrics import psnr
 
@@ -45,7 +45,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("checkpoint", help="checkpoint or run directory (knots.json is written there)")
     p.add_argument("--solver", default=DEFAULT_SOLVER, help=f"solver (default {DEFAULT_SOLVER})")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"decode steps (default {DEFAULT_STEPS})")
-    p.add_argument("--encode-steps", type=int, help="encode steps (default: --steps)")
+    p.add_argument(
+        "--encode-steps",
+        type=int,
+        help=f"encode steps (default {DEFAULT_ENCODE_STEPS} when --steps is at its default, else --steps)",
+    )
     p.add_argument("--passes", type=int, help=f"search passes (default {FULL['passes']})")
     p.add_argument(
         "--latents", type=int, help=f"latents fitted to, and as many checked (default {FULL['latents']})"
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    args.encode_steps = args.steps if args.encode_steps is None else args.encode_steps
+    if args.encode_steps is None:
+        args.encode_steps = DEFAULT_ENCODE_STEPS if args.steps == DEFAULT_STEPS else args.steps
     problem = (
         f"unknown solver {args.solver!r}: expected one of {', '.join(SOLVERS)}" if args.solver not in SOLVERS
         else f"--steps and --encode-steps must be in 1..{MAX_STEPS}, got {args.steps} and {args.encode_steps}"

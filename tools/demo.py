@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--quadrants", default=str(MODELS / "shapes32-quadrants"), help="pixel-basis quadrant model (Fig. 2b)"
     )
-    p.add_argument("--steps", type=int, help="ODE steps per request (default: the model's)")
+    p.add_argument("--steps", type=int, help="ODE steps per encode and decode (default: the served pair)")
     p.add_argument("--quick", action="store_true", help="fewer images and steps (for tests)")
     p.set_defaults(handler=run)
 
@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     info = model_info(checkpoint)
     onnx_model = export_onnx(checkpoint.network, info)
     check_parity(checkpoint.network, onnx_model, info)
-    options = ServingOptions(steps=args.steps or (8 if args.quick else ServingOptions().steps))
+    steps = args.steps or (8 if args.quick else None)  # given: both directions; else the served pair
+    options = ServingOptions(steps=steps, encode_steps=steps) if steps else ServingOptions()
     with tempfile.TemporaryDirectory() as scratch:
         repository = Path(scratch) / "repository"
         write_repository(repository, info, onnx_model, options)

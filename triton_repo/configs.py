@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from grouplat.modelinfo import ModelInfo
 from grouplat.serving import contract as c
 from grouplat.serving.engines import DEVICES
-from grouplat.settings import DEFAULT_SOLVER, DEFAULT_STEPS
+from grouplat.settings import DEFAULT_ENCODE_STEPS, DEFAULT_SOLVER, DEFAULT_STEPS
 from grouplat.solvers import SOLVERS
 
 ENGINES = ("python", "onnx", "tensorrt", "torch")
@@ -39,7 +39,8 @@ class ServingOptions:
     velocity_call: str = "inprocess"  # how orchestrators call the engine: inprocess or bls
     generate_schedule: str | None = None  # default decode schedule; None: the measured one for k=4
     encode_schedule: str | None = None  # default encode schedule; None: the measured one for k=4
-    steps: int = DEFAULT_STEPS  # default steps per request
+    steps: int = DEFAULT_STEPS  # default steps per request (a decode's)
+    encode_steps: int | None = DEFAULT_ENCODE_STEPS  # an encode's default steps; None: `steps`
     solver: str = DEFAULT_SOLVER
     max_batch: int = 64  # velocity engine's max batch (BLS merges steps of several requests)
     request_batch: int = 8  # orchestrators' max images per request
@@ -74,8 +75,8 @@ class ServingOptions:
             raise ValueError(
                 "in-process velocity calls run ONNX Runtime or torch; use --velocity-call bls with tensorrt"
             )
-        if self.steps < k:
-            raise ValueError(f"default steps must be at least the number of groups ({k})")
+        if min(self.steps, self.encode_steps or self.steps) < k:
+            raise ValueError(f"default steps and encode steps must be at least the number of groups ({k})")
         if self.scheduling not in ("step", "request"):
             raise ValueError(f"unknown scheduling {self.scheduling!r}: expected step or request")
         if self.cache_bytes < 0:

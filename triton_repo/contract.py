@@ -39,8 +39,17 @@ SPACE_PARAM = "space"  # JSON LatentSpace description
 TRAIN_SCHEDULE_PARAM = "train_schedule"
 GENERATE_SCHEDULE_PARAM = "generate_schedule"  # the default generation (decode) schedule
 ENCODE_SCHEDULE_PARAM = "encode_schedule"  # the default encode schedule; absent: generate_schedule
+ENCODE_STEPS_PARAM = "encode_steps"  # the default encode steps; absent: steps
 HIDE_PARAM = "hide"  # "1": hidden groups
 STEPS_PARAM, SOLVER_PARAM, SPACING_PARAM = "steps", "solver", "spacing"  # the request defaults
+# a version's own generation defaults (each version's entry in VERSIONS_PARAM, and the newest's on top)
+DEFAULT_PARAMS = (
+    GENERATE_SCHEDULE_PARAM,
+    ENCODE_SCHEDULE_PARAM,
+    STEPS_PARAM,
+    ENCODE_STEPS_PARAM,
+    SOLVER_PARAM,
+)
 OPERATION_PARAM = "operation"  # which orchestrator (encode / decode / mix)
 VELOCITY_CALL_PARAM = "velocity_call"  # inprocess | bls
 VELOCITY_MODEL_PARAM = "velocity_model"

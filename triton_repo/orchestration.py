@@ -153,8 +153,11 @@ class Orchestrator:
     @staticmethod
     def cost(operation: str, images: int, settings: GenerationSettings) -> int:
         """Network evaluations × images of one request (mix: two encodes and a decode)."""
-        solves = 3 if operation == c.MIX else 1
-        return solves * images * settings.steps * NFE_PER_STEP[settings.solver]
+        encode, decode = settings.encoding().steps, settings.steps
+        steps = {c.ENCODE: encode, c.DECODE: decode, c.MIX: 2 * encode + decode}[
+            c.STREAMS.get(operation, operation)
+        ]
+        return images * steps * NFE_PER_STEP[settings.solver]
 
     def run(
         self,
@@ -265,6 +268,7 @@ def orchestrator_from_triton(
         params[c.GENERATE_SCHEDULE_PARAM],
         params.get(c.SPACING_PARAM, "tau"),
         params.get(c.ENCODE_SCHEDULE_PARAM),  # repositories written before it: one schedule
+        int(params.get(c.ENCODE_STEPS_PARAM) or 0) or None,  # and one step count
     )
     max_cost = int(params.get(c.MAX_COST_PARAM, DEFAULT_MAX_COST))
     operation = params[c.OPERATION_PARAM]

@@ -233,7 +233,8 @@ def open_job(
     if task.op != "decode":  # resolved once (decode: the overrides of each latent's own settings)
         chosen = Wanted(None, task.steps, task.solver or None, task.schedule or None).resolve(info)
         settings = {"steps": chosen.steps, "solver": chosen.solver, "schedule": chosen.schedule,
-                    "encode_schedule": chosen.encode_schedule}  # fmt: skip
+                    "encode_schedule": chosen.encode_schedule,
+                    "encode_steps": chosen.encode_steps}  # fmt: skip
     reference, reference_hash = reference_code(task, client, settings) if task.op == "mix" else (None, None)
     directory, images = layout(task.op, out)
     root = job_root(directory, images)
