@@ -54,8 +54,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="evaluation", help="output folder (default: ./evaluation)")
     p.add_argument("--quick", action="store_true", help="tiny counts: a smoke test, not a measurement")
     p.add_argument(
-        "--schedule", help="generation schedule (cuts) for everything but Table 1 "
-        "(default: 0.1,0.2,0.3 for four groups, else the training schedule)",
+        "--schedule", help="generation schedule (cuts) for both directions of everything but Table 1 "
+        "(default: the served pair, grouplat.settings, for four groups, else the training schedule)",
     )  # fmt: skip
     p.add_argument(
         "--engine", choices=("onnx", "torch"), default="onnx", help="velocity engine (default: onnx)"

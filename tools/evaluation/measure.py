@@ -30,7 +30,7 @@ class Budget:
     """How much to measure; `FULL` takes ~5–10 min for two 32×32 demo models on 2 CPU cores."""
 
     images: int = 8  # round trip, one-way decode, leakage and Fig. 5 (per model)
-    nfe: tuple[int, ...] = (10, 20, 30, 60)  # round-trip and one-way NFE
+    nfe: tuple[int, ...] = (10, 20, 24, 30, 60)  # round-trip and one-way NFE (24: the served decode)
     reference: int = 4  # one-way reference: GEI-2m at this × the largest NFE
     latents: int = 1000  # held-out images encoded for statistics and disentanglement
     solver: str = DEFAULT_SOLVER  # the served default: latents, leakage, Fig. 5 and Table 1 use it
@@ -105,6 +105,7 @@ class Model:
             "train_schedule": self.train.describe(),
             "generate_schedule": self.generate.describe(),
             "encode_schedule": (self.encoding or self.generate).describe(),
+            "calibrated_knots": ", ".join(sorted(self.knots)) or "none (even)",
             "hide": self.hide,
         }
 

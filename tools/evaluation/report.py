@@ -32,7 +32,7 @@ def markdown(report: dict) -> str:
     rows = []
     for key, label in (("path", "checkpoint"), ("train_schedule", "training schedule"),
                        ("generate_schedule", "generation schedule"), ("encode_schedule", "encode schedule"),
-                       ("hide", "hidden groups")):  # fmt: skip
+                       ("calibrated_knots", "calibrated knots"), ("hide", "hidden groups")):  # fmt: skip
         rows.append([label, *(report["models"][n].get(key, "-") for n in names)])
     rows.append(["groups", *(report["models"][n]["space"]["groups"] or "one" for n in names)])
     rows.append(["fingerprint", *(report["models"][n]["fingerprint"][:16] for n in names)])
