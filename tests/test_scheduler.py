@@ -60,6 +60,27 @@ class Outcomes:
         return self.values
 
 
+def assert_both_paths_solve(
+    info: ModelInfo, settings: GenerationSettings, x: np.ndarray, want_z: np.ndarray, want_x: np.ndarray
+) -> None:
+    """The step scheduler's plans and the request path's orchestrator encode x to want_z and decode
+    want_z to want_x, bit for bit."""
+    from grouplat.serving.orchestration import Orchestrator
+
+    scheduler, outcomes = Scheduler(ORACLE), Outcomes()
+    try:
+        scheduler.submit(Job(Plan(info, settings).encode(x), outcomes.finish("z")))
+        scheduler.submit(Job(Plan(info, settings).decode(want_z), outcomes.finish("x")))
+        stepped = outcomes.wait(2)
+    finally:
+        scheduler.close()
+    np.testing.assert_array_equal(stepped["z"], want_z)
+    np.testing.assert_array_equal(stepped["x"], want_x)
+    orchestrator = Orchestrator(info, ORACLE, settings)
+    np.testing.assert_array_equal(orchestrator.run(c.ENCODE, {c.IMAGE: x}, settings), want_z)
+    np.testing.assert_array_equal(orchestrator.run(c.DECODE, {c.LATENT: want_z}, settings), want_x)
+
+
 def latents(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *INFO.space.latent_shape)).astype(np.float32)
 
@@ -157,7 +178,6 @@ def test_a_failing_query_fails_its_own_job_alone() -> None:
 def test_both_paths_encode_with_the_encode_schedule_and_decode_with_the_other() -> None:
     """The step scheduler's plans and the request path's orchestrator solve each direction with its
     own schedule (Heun, not exact on Gaussian data, tells the schedules apart)."""
-    from grouplat.serving.orchestration import Orchestrator
 
     settings = GenerationSettings("heun", 36, "0.2,0.4,0.6", encode_schedule="0.1,0.2,0.3").check(4)
     x = oracle_images(ORACLE, 2)
@@ -170,18 +190,7 @@ def test_both_paths_encode_with_the_encode_schedule_and_decode_with_the_other() 
     want_z = grouplat.encode(ORACLE, x, **core(settings.encoding()))
     assert np.abs(want_z - grouplat.encode(ORACLE, x, **core(settings))).max() > 1e-3
     want_x = grouplat.decode(ORACLE, want_z, **core(settings))
-    scheduler, outcomes = Scheduler(ORACLE), Outcomes()
-    try:
-        scheduler.submit(Job(Plan(INFO, settings).encode(x), outcomes.finish("z")))
-        scheduler.submit(Job(Plan(INFO, settings).decode(want_z), outcomes.finish("x")))
-        stepped = outcomes.wait(2)
-    finally:
-        scheduler.close()
-    np.testing.assert_array_equal(stepped["z"], want_z)
-    np.testing.assert_array_equal(stepped["x"], want_x)
-    orchestrator = Orchestrator(INFO, ORACLE, settings)
-    np.testing.assert_array_equal(orchestrator.run(c.ENCODE, {c.IMAGE: x}, settings), want_z)
-    np.testing.assert_array_equal(orchestrator.run(c.DECODE, {c.LATENT: want_z}, settings), want_x)
+    assert_both_paths_solve(INFO, settings, x, want_z, want_x)
 
 
 def test_served_decode_stream_sends_a_preview_per_phase_then_the_decode(tmp_path: Path) -> None:
@@ -214,8 +223,6 @@ def test_calibrated_knots_serve_the_settings_they_were_fitted_to_and_no_others()
     direction, solver, spacing and steps per group match, and no other settings (Heun: not exact
     on Gaussian data, so the knots change the numbers)."""
     from dataclasses import replace
-
-    from grouplat.serving.orchestration import Orchestrator
 
     settings = GenerationSettings("heun", 12, "0.2,0.4,0.6", encode_schedule="0.1,0.2,0.3").check(4)
     decode_split = grouplat.allocate_steps(settings.generation_schedule(4), 12).tolist()
@@ -251,18 +258,12 @@ def test_calibrated_knots_serve_the_settings_they_were_fitted_to_and_no_others()
         core("decode", other)["knots"] is None
         and core("decode", replace(settings, solver="euler"))["knots"] is None
     )
+    assert_both_paths_solve(info, settings, x, want_z, want_x)
     scheduler, outcomes = Scheduler(ORACLE), Outcomes()
     try:
-        scheduler.submit(Job(Plan(info, settings).encode(x), outcomes.finish("z")))
-        scheduler.submit(Job(Plan(info, settings).decode(want_z), outcomes.finish("x")))
         scheduler.submit(Job(Plan(info, other).decode(want_z), outcomes.finish("other")))
-        stepped = outcomes.wait(3)
+        stepped = outcomes.wait(1)
     finally:
         scheduler.close()
-    np.testing.assert_array_equal(stepped["z"], want_z)
-    np.testing.assert_array_equal(stepped["x"], want_x)
-    np.testing.assert_array_equal(stepped["other"], grouplat.decode(ORACLE, want_z, **INFO.solve_args(
-        other.generation_schedule(4), 16, "heun")))  # fmt: skip
-    orchestrator = Orchestrator(info, ORACLE, settings)
-    np.testing.assert_array_equal(orchestrator.run(c.ENCODE, {c.IMAGE: x}, settings), want_z)
-    np.testing.assert_array_equal(orchestrator.run(c.DECODE, {c.LATENT: want_z}, settings), want_x)
+    even = grouplat.decode(ORACLE, want_z, **INFO.solve_args(other.generation_schedule(4), 16, "heun"))
+    np.testing.assert_array_equal(stepped["other"], even)
