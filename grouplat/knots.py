@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from grouplat.solvers import DEFAULT_STD_RANGE, SOLVERS, SPACINGS, phase_levels
+from grouplat.schedule import Schedule
+from grouplat.solvers import DEFAULT_STD_RANGE, SOLVERS, SPACINGS, allocate_steps, phase_levels
 
 KNOTS_FILE = "knots.json"  # in a checkpoint directory: {"fingerprint", "knots": table, "fitted": how}
 DIRECTIONS = ("encode", "decode")
@@ -38,9 +39,22 @@ def key(direction: str, solver: str, spacing: str, per_group: Sequence[int]) -> 
 
 
 def lookup(
-    table: Mapping[str, Any], direction: str, solver: str, spacing: str, per_group: Sequence[int]
+    table: Mapping[str, Any],
+    direction: str,
+    schedule: Schedule,
+    steps: int | Sequence[int],
+    solver: str,
+    spacing: str,
 ) -> Any:
-    """The knots of one setting, or None (even spacing) where the table has none."""
+    """The knots of one setting (its steps split over the groups by `schedule`, as the solvers
+    split them), or None (even spacing) where the table has none, also for steps that
+    `allocate_steps` rejects (encode/decode then reject them by name)."""
+    if not table:
+        return None
+    try:
+        per_group = allocate_steps(schedule, steps).tolist()
+    except ValueError:
+        return None
     return table.get(key(direction, solver, spacing, per_group))
 
 

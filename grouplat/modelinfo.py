@@ -17,7 +17,6 @@ import numpy as np
 
 from grouplat import knots as calibrated
 from grouplat.schedule import Schedule
-from grouplat.solvers import allocate_steps
 from grouplat.space import LatentSpace
 
 INFO_FILE = "model.json"  # `ModelInfo.describe()` as JSON
@@ -124,15 +123,8 @@ class ModelInfo:
     def knots_for(
         self, direction: str, schedule: Schedule, steps: int, solver: str, spacing: str
     ) -> list[list[float]] | None:
-        """The calibrated knots of these settings, or None (even spacing): also for steps that
-        `allocate_steps` rejects, which encode/decode then reject by name."""
-        if not self.knots:
-            return None
-        try:
-            per_group = allocate_steps(schedule, steps)
-        except ValueError:
-            return None
-        return calibrated.lookup(self.knots, direction, solver, spacing, per_group.tolist())
+        """The calibrated knots of these settings, or None (even spacing; `grouplat.knots.lookup`)."""
+        return calibrated.lookup(self.knots, direction, schedule, steps, solver, spacing)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready metadata (without the stats arrays).

@@ -17,7 +17,7 @@ from grouplat import knots as calibrated
 from grouplat import ops
 from grouplat.schedule import Schedule
 from grouplat.settings import DEFAULT_ENCODE_STEPS, DEFAULT_SOLVER, DEFAULT_STEPS
-from grouplat.solvers import NFE_PER_STEP, Velocity, allocate_steps, decode, encode
+from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
 from grouplat.space import LatentSpace
 from grouplat.tools.evaluation import metrics
 
@@ -71,11 +71,10 @@ class Model:
         if steps < self.space.k:
             raise ValueError(f"{nfe} NFE with {solver} cannot cover {self.space.k} groups")
         schedule = schedule or self.generate
-        per_group = allocate_steps(schedule, steps).tolist()
         return dict(
             velocity=self.velocity, space=self.space, schedule=schedule, steps=steps,
             solver=solver, std=self.std, mean=self.mean, hide=self.hide,
-            knots=calibrated.lookup(self.knots, direction, solver, "tau", per_group),
+            knots=calibrated.lookup(self.knots, direction, schedule, steps, solver, "tau"),
         )  # fmt: skip
 
     def encode(self, images: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER) -> np.ndarray:
