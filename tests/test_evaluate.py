@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import grouplat
-from grouplat.tools.evaluation import cli, metrics
+from grouplat.tools.evaluation import cli, measure, metrics
 from grouplat.training.checkpoint import save_checkpoint
 from grouplat.training.dataset import Shapes
 from grouplat.training.networks import build_network
@@ -98,6 +98,32 @@ def write_checkpoint(directory, groups, schedule, seed):
     return str(directory)
 
 
+def test_s1_spread_of_a_per_coefficient_gaussian_model_of_few_factor_data():
+    # Data whose S1 is 3 factors spread over 30 numbers, and the model that knows only each
+    # coefficient's mean and std (the exact encode (x̄ − μ) / σ; samples μ + σ·N(0, I)): its samples
+    # are ~1 wide along every principal direction, so the images' latents are as narrow as the images.
+    rng = np.random.default_rng(0)
+    space = grouplat.LatentSpace((3, 8, 8), "dct", (10, 40))
+    mean = rng.standard_normal(space.latent_shape)
+    std = rng.uniform(0.5, 2, space.latent_shape)
+    codes = rng.standard_normal((2000, *space.latent_shape))
+    s1 = space.indices(1)
+    mixing = rng.standard_normal((3, 30)) / np.sqrt(3)
+    few = rng.standard_normal((2000, 3)) @ mixing + 0.05 * rng.standard_normal((2000, 30))
+    codes[..., s1] = few.reshape(2000, 3, 10)
+    images = space.from_latent(mean + std * codes)
+    samples = space.from_latent(mean + std * rng.standard_normal((2000, *space.latent_shape)))
+    latents = (space.to_latent(images) - mean) / std
+
+    bands = measure.s1_spread(space, mean, std, images, samples, latents)
+    assert [b["directions"] for b in bands] == [[0, 10], [10, 20], [20, 30]]
+    assert bands[0]["images"] > 0.9  # 3 wide directions (std ~3) among its 10
+    assert bands[1]["images"] < 0.07 and bands[2]["images"] < 0.07  # the other 27 are thin
+    for band in bands:
+        assert band["latents"] == pytest.approx(band["images"], rel=1e-6)
+        assert 0.9 < band["samples"] < 1.1
+
+
 def test_quick_evaluation_of_a_model_and_its_baseline(tmp_path, capsys):
     grouped = write_checkpoint(tmp_path / "grouped", (10, 40), "0.6,0.8", seed=0)
     baseline = write_checkpoint(tmp_path / "baseline", (), "-", seed=1)
@@ -115,6 +141,9 @@ def test_quick_evaluation_of_a_model_and_its_baseline(tmp_path, capsys):
     assert min(leak["baseline"]["S3"].values()) > 1e-3  # the same probe moves the scalar model's coarse part
     assert report["latent_statistics"]["grouped"]["count"] == cli.QUICK.latents
     assert report["s1_numbers"] == 30  # 10 coefficients × 3 channels, for both models
+    for name in ("grouped", "baseline"):
+        assert report["sample_latent_statistics"][name]["count"] == cli.QUICK.samples
+        assert [b["directions"] for b in report["s1_spread"][name]] == [[0, 10], [10, 20], [20, 30]]
     assert set(report["disentanglement"]) == {"grouped", "baseline", "dct"}
     assert report["keep_first"]["dct"]["256"] > 100  # every coefficient kept: exact up to float32
     assert {r["generate"] for r in report["table1"]["rows"] if r["model"] == "grouped"} == {
@@ -122,7 +151,7 @@ def test_quick_evaluation_of_a_model_and_its_baseline(tmp_path, capsys):
         "0.333333,0.666667",
     }
     text = (tmp_path / "out" / "evaluation.md").read_text()
-    assert "| S3 | S2 | 0% |" in text and "## Table 1" in text
+    assert "| S3 | S2 | 0% |" in text and "## Table 1" in text and "The model's own samples" in text
     assert text in capsys.readouterr().out
 
 

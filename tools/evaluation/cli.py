@@ -2,8 +2,9 @@
 
 Held-out data are fresh draws of the checkpoint's procedural shapes (another seed than training).
 Measured for the model and, side by side, the scalar baseline: round-trip and one-way decode PSNR
-vs NFE; group leakage; latent statistics; MIG / DCI / SAP of the S1 latents against the shapes'
-factors; reconstruction from the first m coefficients vs DCT truncation; a small Table 1 (sample
+vs NFE; group leakage; latent statistics (of held-out images, of the model's own samples, and
+S1's spread along the data's principal directions, which says why the two differ); MIG / DCI / SAP
+of the S1 latents against the shapes' factors; reconstruction from the first m coefficients vs DCT truncation; a small Table 1 (sample
 quality over generation schedules, and training schedules with --table1). Writes
 OUT/evaluation.json and OUT/evaluation.md and prints the Markdown.
 """
@@ -181,7 +182,8 @@ def evaluate(
         "s1_numbers": int(probe.channels * len(probe.indices(1))),
         "keep": keep,
     }
-    for key in ("round_trip", "one_way", "leakage", "latent_statistics", "disentanglement", "keep_first"):
+    keys = ("round_trip", "one_way", "leakage", "latent_statistics", "sample_latent_statistics", "s1_spread")
+    for key in (*keys, "disentanglement", "keep_first"):
         report[key] = {}
     for m in models:
         clock = _Clock(m.name)
@@ -194,10 +196,16 @@ def evaluate(
         report["leakage"][m.name] = measure.leakage(m, latents[: budget.images], probe, budget, seed)
         clock("leakage")
         report["latent_statistics"][m.name] = measure.latent_statistics(latents, probe, seed)
+        noise = np.random.default_rng(seed).standard_normal((budget.samples, *m.space.latent_shape))
+        samples = m.decode(noise.astype(np.float32), budget.decode_nfe, budget.solver)
+        report["sample_latent_statistics"][m.name] = measure.latent_statistics(
+            m.encode(samples, budget.encode_nfe, budget.solver), probe, seed
+        )
+        report["s1_spread"][m.name] = measure.s1_spread(probe, main.mean, main.std, images, samples, latents)
         report["disentanglement"][m.name] = measure.disentanglement(
             measure.s1_codes(latents, probe), factors, [0]
         )
-        clock("statistics and disentanglement")
+        clock(f"statistics, {budget.samples} samples encoded, disentanglement")
         report["keep_first"][m.name] = measure.keep_first(m, few, latents[: budget.images], keep, budget)
         clock("Fig. 5")
     report["disentanglement"]["dct"] = measure.disentanglement(
