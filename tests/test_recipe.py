@@ -21,6 +21,7 @@ def test_recipe_study_quick_trains_and_measures_variants(tmp_path: Path) -> None
     for row in rows:
         assert math.isfinite(row["swd"]) and 0.0 <= row["confidence"] <= 1.0
         assert row["s1_std"] > 0
+        assert len(row["s1_spread"]) == 3 and row["s1_spread"][-1]["samples"] > 0
     assert set(rows[0]["vs_gauss"]) == {"S1", "S2", "S3", "S4"}
     # --measure: a checkpoint as it is (here the grouped run), no training, no log needed
     grouped = out / "grouped_phase_gauss"

@@ -4,9 +4,9 @@ Held-out data are fresh draws of the checkpoint's procedural shapes (another see
 Measured for the model and, side by side, the scalar baseline: round-trip and one-way decode PSNR
 vs NFE; group leakage; latent statistics (of held-out images, of the model's own samples, and
 S1's spread along the data's principal directions, which says why the two differ); MIG / DCI / SAP
-of the S1 latents against the shapes' factors; reconstruction from the first m coefficients vs DCT truncation; a small Table 1 (sample
-quality over generation schedules, and training schedules with --table1). Writes
-OUT/evaluation.json and OUT/evaluation.md and prints the Markdown.
+of the S1 latents against the shapes' factors; reconstruction from the first m coefficients vs DCT
+truncation; a small Table 1 (sample quality over generation schedules, and training schedules with
+--table1). Writes OUT/evaluation.json and OUT/evaluation.md and prints the Markdown.
 """
 
 from __future__ import annotations
