@@ -27,7 +27,7 @@ DEFAULT_ENCODE_NFE = DEFAULT_ENCODE_STEPS * NFE_PER_STEP[DEFAULT_SOLVER]
 
 @dataclass(frozen=True)
 class Budget:
-    """How much to measure; `FULL` takes ~5–10 min for two 32×32 demo models on 2 CPU cores."""
+    """How much to measure; `FULL` takes ~30–40 min for two 32×32 demo models on 2 CPU cores."""
 
     images: int = 8  # round trip, one-way decode, leakage and Fig. 5 (per model)
     nfe: tuple[int, ...] = (10, 20, 24, 30, 60)  # round-trip and one-way NFE (24: the served decode)
