@@ -111,9 +111,10 @@ def test_s1_spread_of_a_per_coefficient_gaussian_model_of_few_factor_data():
     mixing = rng.standard_normal((3, 30)) / np.sqrt(3)
     few = rng.standard_normal((2000, 3)) @ mixing + 0.05 * rng.standard_normal((2000, 30))
     codes[..., s1] = few.reshape(2000, 3, 10)
-    images = space.from_latent(mean + std * codes)
-    samples = space.from_latent(mean + std * rng.standard_normal((2000, *space.latent_shape)))
-    latents = (space.to_latent(images) - mean) / std
+    gaussian = grouplat.GaussianOracle(space, mean, std)
+    images = gaussian.decode(codes)
+    samples = gaussian.decode(rng.standard_normal((2000, *space.latent_shape)))
+    latents = gaussian.encode(images)
 
     bands = measure.s1_spread(space, mean, std, images, samples, latents)
     assert [b["directions"] for b in bands] == [[0, 10], [10, 20], [20, 30]]

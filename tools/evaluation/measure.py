@@ -15,6 +15,7 @@ import numpy as np
 
 from grouplat import knots as calibrated
 from grouplat import ops
+from grouplat.oracle import GaussianOracle
 from grouplat.schedule import Schedule
 from grouplat.settings import DEFAULT_ENCODE_STEPS, DEFAULT_SOLVER, DEFAULT_STEPS
 from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
@@ -210,8 +211,10 @@ def s1_spread(
     than the data (a model not yet as thin as data that few factors make), held-out images sit in
     the middle of the model's spread and their latents come out narrower than 1 along those
     directions: a model error, not a solver one."""
-    data = s1_codes((probe.to_latent(images) - mean) / std, probe).astype(np.float64)
-    generated = s1_codes((probe.to_latent(samples) - mean) / std, probe).astype(np.float64)
+    standardize = GaussianOracle(
+        probe, mean, std
+    ).encode  # (x̄ − μ) / σ: the per-coefficient Gaussian's latents
+    data, generated = s1_codes(standardize(images), probe), s1_codes(standardize(samples), probe)
     variance, rotation = np.linalg.eigh(np.cov(data, rowvar=False))
     rotation = rotation[:, np.argsort(-variance)]
 
