@@ -20,6 +20,7 @@ import sys
 # subcommand → module whose `register(subparsers)` adds it
 COMMANDS = {
     "train": "grouplat.training.cli",
+    "fit-s1": "grouplat.training.s1head",
     "export": "grouplat.export.cli",
     "serve": "grouplat.serving.server",
     "demo": "grouplat.tools.demo",

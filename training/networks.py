@@ -246,6 +246,7 @@ class PointMLP(nn.Module):
 
 ARCHITECTURES = {"unet": UNet, "mlp": PointMLP}
 RESIDUALS = ("none", "gaussian")  # what the network's output is added to (GaussianResidual)
+S1_HEAD_KEYS = ("hidden", "layers")  # config["s1_head"]: the S1 head's PointMLP (S1Head)
 
 
 # ----------------------------------------------------------------------------
@@ -322,6 +323,75 @@ class GaussianResidual(nn.Module):
         return self.basis.from_latent(u + scale * residual).to(x.dtype)
 
 
+class S1Head(nn.Module):
+    """S1's velocity from S1 alone: a small MLP on S1's coefficients (docs/design.md, "S1 head").
+
+    With hidden groups, every other group is hidden while S1 is active, so S1's exact velocity is
+    a function of its C·|S1| coefficients and α_1 alone — a small point-data problem inside the
+    image model, which `fit_s1_head` learns from far more samples than the image network's share
+    of S1's phase gives it. Outside S1's phase S1's output is never used (α_1 = 1, its rate is
+    0), so S1's output is always the head's; the wrapped network's other groups pass through.
+
+    The head is `GaussianResidual`'s parametrization with S1's full covariance instead of
+    per-coefficient stds: in S1's eigen-coordinates `y = x̄_S1 R` (data variances λ) the Gaussian
+    velocity is per coordinate, and the MLP adds `sqrt(λ / (α²λ + (1−α)²))` times its output,
+    whose input is `y_t` standardized under that Gaussian. S1's statistics are persistent buffers,
+    so they are saved (and fingerprinted) with the weights.
+    """
+
+    s1_mean: torch.Tensor
+    s1_rotation: torch.Tensor
+    s1_variance: torch.Tensor
+    s1_first: torch.Tensor
+    s1_first_inverse: torch.Tensor
+
+    def __init__(self, net: nn.Module, space: LatentSpace, hidden: int = 256, layers: int = 4) -> None:
+        super().__init__()
+        self.net = net
+        self.basis = TorchBasis(space)
+        s1 = np.asarray(space.indices(1))
+        self.channels, self.s1_size = space.channels, len(s1)
+        size = space.channels * self.s1_size
+        self.mlp = PointMLP(1, (1, size), 1, hidden=hidden, layers=layers)
+        s1_first = np.concatenate([s1, np.setdiff1d(np.arange(space.latent_shape[1]), s1)])
+        for name, value in (("s1_first", s1_first), ("s1_first_inverse", np.argsort(s1_first))):
+            self.register_buffer(name, torch.as_tensor(value), persistent=False)
+        self.register_buffer("s1_mean", torch.zeros(size))
+        self.register_buffer("s1_rotation", torch.eye(size))
+        self.register_buffer("s1_variance", torch.ones(size))
+
+    def set_statistics(self, s1: np.ndarray) -> None:
+        """S1's mean and covariance (as eigenvectors and eigenvalues) from samples [N, C·|S1|]."""
+        s1 = np.asarray(s1, np.float64)
+        variance, rotation = np.linalg.eigh(np.cov(s1, rowvar=False))
+        for buffer, value in ((self.s1_mean, s1.mean(axis=0)), (self.s1_rotation, rotation)):
+            buffer.copy_(torch.as_tensor(value, dtype=torch.float32))
+        self.s1_variance.copy_(torch.as_tensor(np.maximum(variance, 1e-10), dtype=torch.float32))
+
+    def s1_codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, C, H·W] latent coefficients → S1's [B, C·|S1|]."""
+        return latents[..., self.s1_first[: self.s1_size]].flatten(1)
+
+    def s1_velocity(self, s1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """S1's velocity [B, C·|S1|] at S1 state `s1` [B, C·|S1|] and level `alpha` [B, 1]."""
+        y = s1 @ self.s1_rotation
+        mean = self.s1_mean @ self.s1_rotation
+        spread = (alpha**2 * self.s1_variance + (1 - alpha) ** 2).sqrt()
+        residual = self.mlp(((y - alpha * mean) / spread)[:, None, None, :], alpha).flatten(1)
+        u = gaussian_velocity(y, alpha, mean, self.s1_variance)
+        return (u + gaussian_residual_scale(alpha, self.s1_variance) * residual) @ self.s1_rotation.T
+
+    def forward(self, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        others = self.basis.to_latent(self.net(x, levels).float())[..., self.s1_first[self.s1_size :]]
+        s1 = self.s1_velocity(
+            self.s1_codes(self.basis.to_latent(x.float())), levels[:, :1].clamp(0, 1).float()
+        )
+        latent = torch.cat([s1.reshape(-1, self.channels, self.s1_size), others], dim=2)[
+            ..., self.s1_first_inverse
+        ]
+        return self.basis.from_latent(latent).to(x.dtype)
+
+
 def build_network(
     config: dict[str, Any],
     space: LatentSpace | None = None,  # the model's latent space (for residual="gaussian")
@@ -331,13 +401,15 @@ def build_network(
     """Rebuild a network from its JSON config (`{"arch": "unet" | "mlp", ...keyword args}`).
 
     `"residual": "gaussian"` wraps it in `GaussianResidual`, which needs the latent space and
-    the data statistics (the checkpoint stores both). The checkpoint stores exactly this config,
-    so export and serving rebuild the same module.
+    the data statistics (the checkpoint stores both); `"s1_head": {"hidden": H, "layers": L}`
+    then wraps that in `S1Head` (its statistics and weights are in the state dict). The checkpoint
+    stores exactly this config, so export and serving rebuild the same module.
     """
     config = dict(config)
     full = dict(config)
     arch = config.pop("arch", None)
     residual = config.pop("residual", "none")
+    s1_head = config.pop("s1_head", None)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown network architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
     if residual not in RESIDUALS:
@@ -350,6 +422,12 @@ def build_network(
         if space is None or mean is None or std is None:
             raise ValueError("a network with residual='gaussian' needs the latent space and data mean/std")
         net = GaussianResidual(net, space, mean, std)
+    if s1_head is not None:
+        if space is None or not isinstance(s1_head, dict) or set(s1_head) - set(S1_HEAD_KEYS):
+            raise ValueError(
+                f"an S1 head needs the latent space and a config with {S1_HEAD_KEYS}, got {s1_head!r}"
+            )
+        net = S1Head(net, space, **s1_head)
     net.config = full  # type: ignore[assignment]
     return net
 

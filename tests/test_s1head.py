@@ -1,0 +1,156 @@
+"""The S1 head (`networks.S1Head`, `grouplat fit-s1`): tiny models, 16×16, seconds each."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from grouplat import LatentSpace  # noqa: E402
+from grouplat.cli import main as grouplat_main  # noqa: E402
+from grouplat.export.engine import check_parity, export_onnx, model_info  # noqa: E402
+from grouplat.space import quadrant_groups  # noqa: E402
+from grouplat.training.checkpoint import load_checkpoint  # noqa: E402
+from grouplat.training.networks import S1Head, build_network  # noqa: E402
+from grouplat.training.s1head import SIGMA_RANGE, s1_training_codes  # noqa: E402
+from grouplat.training.training_loop import TrainConfig, train  # noqa: E402
+
+NET = dict(
+    arch="unet", model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0
+)
+HEAD = {"hidden": 32, "layers": 2}
+FITTED = {"hidden": 64, "layers": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gaussian_s1_velocity(s1: np.ndarray, alpha: float, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """E[x̄ − z̄ | x̄_t] for S1 ~ N(mean, cov), written out with the whole covariance (no eigenvectors)."""
+    eye = np.eye(len(mean))
+    gain = (alpha * cov - (1 - alpha) * eye) @ np.linalg.inv(alpha**2 * cov + (1 - alpha) ** 2 * eye)
+    return mean + (s1 - alpha * mean) @ gain.T
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        LatentSpace((3, 16, 16), "dct", (10, 30, 100)),
+        LatentSpace((3, 16, 16), "pixel", quadrant_groups(16, 16)),
+    ],
+)
+def test_an_untrained_s1_head_is_the_full_covariance_gaussian_and_passes_other_groups(
+    space: LatentSpace,
+) -> None:
+    torch.manual_seed(0)
+    config = {**NET, "channels": 3, "resolution": [16, 16], "levels": space.k, "s1_head": HEAD}
+    net = build_network(config, space).eval()
+    assert isinstance(net, S1Head) and build_network(net.config, space).config == net.config
+    rng = np.random.default_rng(0)
+    size = 3 * len(space.indices(1))
+    codes = rng.standard_normal((4000, size)) @ rng.normal(0, 0.5, (size, size)) + rng.normal(0, 1, size)
+    net.set_statistics(codes)
+    torch.nn.init.zeros_(net.mlp.out.weight)
+    torch.nn.init.zeros_(net.mlp.out.bias)
+    x = rng.standard_normal((4, *space.shape)).astype(np.float32)
+    for levels in (
+        [0.3] + [-1.0] * (space.k - 1),
+        [0.85] + [-1.0] * (space.k - 1),
+        [1.0, 0.4] + [-1.0] * (space.k - 2),
+    ):
+        batch = torch.tensor([levels] * 4)
+        with torch.no_grad():
+            out = space.to_latent(net(torch.as_tensor(x), batch).numpy())
+            inner = space.to_latent(net.net(torch.as_tensor(x), batch).numpy())
+        s1 = space.to_latent(x)[..., space.indices(1)].reshape(4, -1)
+        expected = gaussian_s1_velocity(s1, levels[0], codes.mean(0), np.cov(codes, rowvar=False))
+        got = out[..., space.indices(1)].reshape(4, -1)
+        assert np.abs(got - expected).max() < 2e-4 * np.abs(expected).max()  # float32 vs float64
+        others = np.setdiff1d(np.arange(space.size), space.indices(1))
+        np.testing.assert_allclose(out[..., others], inner[..., others], atol=2e-5)
+    with pytest.raises(ValueError, match="S1 head"):
+        build_network({**config, "s1_head": {"width": 3}}, space)
+
+
+def tiny_run(out: Path, **changes: object) -> Path:
+    config = TrainConfig(
+        data="shapes:16", groups="10,30,100", network=dict(NET), batch=8, steps=2, lr=2e-3, warmup=1,
+        out=str(out), log_every=1, checkpoint_every=1000, sample_every=0, stats_items=64, progress=False,
+    )  # fmt: skip
+    return Path(train(config.replace(**changes)))
+
+
+def test_fit_s1_learns_s1_and_keeps_the_image_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tiny_run(tmp_path / "run")
+    fitted = tmp_path / "fitted"
+    args = ["fit-s1", str(source), "--out", str(fitted), "--images", "2048", "--steps", "800"]
+    assert grouplat_main([*args, "--batch", "256", *("--hidden", "64", "--layers", "2")]) == 0
+    assert "S1 head fitted on 2048 items" in capsys.readouterr().out
+    before, after = load_checkpoint(source), load_checkpoint(fitted)  # loads: fingerprint verified
+    assert after.config == {**before.config, "s1_head": FITTED}
+    assert after.metadata["s1_head_fit"]["images"] == 2048
+    assert after.metadata["s1_head_fit"]["source_fingerprint"] == before.fingerprint
+    assert not (fitted / "optimizer.safetensors").exists()
+
+    # other groups: the source's network, exactly; S1: the head's, not the source's
+    space = after.space
+    x = np.random.default_rng(0).standard_normal((3, *space.shape)).astype(np.float32)
+    levels = np.array([[1.0, 0.5, -1, -1]] * 3, np.float32)
+    old, new = (space.to_latent(ck.velocity()(x, levels)) for ck in (before, after))
+    others = np.setdiff1d(np.arange(space.size), space.indices(1))
+    np.testing.assert_allclose(new[..., others], old[..., others], atol=1e-5)
+
+    # the fit learned something a Gaussian does not know: lower loss than the head's Gaussian part
+    # on S1 of images it did not see, at noise levels drawn as in the fit
+    head = after.network
+    assert isinstance(head, S1Head)
+    codes = torch.as_tensor(s1_training_codes(after, head, 20_000, seed=7)[-2048:], dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(codes.shape, generator=generator)
+    sigma = torch.exp(torch.empty(len(codes), 1).uniform_(*np.log(SIGMA_RANGE), generator=generator))
+    alpha = 1 / (1 + sigma)
+    with torch.no_grad():
+        fitted_loss = (
+            (head.s1_velocity(alpha * codes + (1 - alpha) * noise, alpha) - (codes - noise)) ** 2
+        ).mean()
+        torch.nn.init.zeros_(head.mlp.out.weight)
+        torch.nn.init.zeros_(head.mlp.out.bias)
+        gaussian_loss = (
+            (head.s1_velocity(alpha * codes + (1 - alpha) * noise, alpha) - (codes - noise)) ** 2
+        ).mean()
+    assert fitted_loss < 0.985 * gaussian_loss  # measured: 0.966, (float(fitted_loss), float(gaussian_loss))
+
+    # exported: ONNX Runtime computes what PyTorch does (the head is part of the velocity graph)
+    onnx_model = export_onnx(load_checkpoint(fitted).network, model_info(after))
+    assert check_parity(load_checkpoint(fitted).network, onnx_model, model_info(after)) < 1e-3
+
+    # a model that has a head gets a new one; the image network stays
+    again = tmp_path / "again"
+    assert grouplat_main(["fit-s1", str(fitted), "--out", str(again), "--images", "64", "--steps", "2"]) == 0
+    assert load_checkpoint(again).config == {**before.config, "s1_head": {"hidden": 256, "layers": 4}}
+    assert json.loads((again / "metadata.json").read_text())["images"] == before.metadata["images"]
+
+
+def test_fit_s1_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shown = tiny_run(tmp_path / "shown", hide=False, steps=1)
+    assert grouplat_main(["fit-s1", str(shown), "--out", str(tmp_path / "a"), "--steps", "1"]) == 2
+    assert "hidden groups" in capsys.readouterr().err
+    assert grouplat_main(["fit-s1", str(shown), "--out", str(tmp_path / "shown"), "--steps", "1"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert grouplat_main(["fit-s1", str(tmp_path / "nothing"), "--out", str(tmp_path / "b")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert grouplat_main(["fit-s1", str(shown), "--out", str(tmp_path / "c"), "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abc")
