@@ -31,6 +31,7 @@ def test_gpu_train_script_quick_trains_and_releases_every_shipped_model(tmp_path
         # what comes back is the released checkpoint: the EMA weights and metadata, no optimizer state
         assert sorted(p.name for p in (out / name).iterdir()) == ["metadata.json", "model.safetensors"]
         assert load_checkpoint(out / name).space.k == k
+        assert ("s1_head" in load_checkpoint(out / name).config) == (name == "shapes32")  # fit-s1 ran
         assert json.loads((out / name / "metadata.json").read_text())["step"] == run["steps"]
     with tarfile.open(out / "logs.tar.gz") as archive:
         logs = {name for name in archive.getnames() if name.endswith("log.jsonl")}

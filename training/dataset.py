@@ -315,6 +315,7 @@ def open_dataset(
     kind, _, arg = str(spec).partition(":")
     kwargs.pop("spec", None)
     kwargs.pop("labels", None)
+    kwargs.pop("pool", None)  # scripts/gpu_train_demo.py's pre-rendered shapes: described as the shapes
     xflip = bool(kwargs.pop("xflip", xflip))
     try:
         if kind == "shapes":

@@ -9,8 +9,8 @@ and writes a new checkpoint: the image network unchanged, S1 taken over by the h
 
 Noise levels are drawn log-uniformly in σ = (1 − α)/α over [0.002, 80] (EDM's range), not
 uniformly in α: S1's coefficients span eigen-stds 0.02–5.6 on shapes32, and the thin directions
-are only learned at small σ. Measured on shapes32's S1 (docs/recipe.md, "An S1 head"): uniform α
-left held-out S1 latents at std 0.85, log-uniform σ at 0.91.
+are only learned at small σ (docs/recipe.md, "An S1 head", has the measurements behind every
+default here).
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ SIGMA_RANGE = (0.002, 80.0)  # noise levels σ = (1 − α)/α of the fit, log-u
 
 def s1_training_codes(checkpoint: Any, head: S1Head, images: int, seed: int, batch: int = 1024) -> np.ndarray:
     """S1's coefficients [N, C·|S1|] of `images` seeded items of the checkpoint's training data."""
-    data = open_dataset(**(checkpoint.metadata.get("data") or {}))
+    described = checkpoint.metadata.get("data") or {}
+    if "spec" not in described:
+        raise ValueError(f"{str(checkpoint.path)!r} does not record its training data: nothing to fit S1 on")
+    data = open_dataset(**described)
     count = min(images, len(data))
     indices = np.sort(np.random.default_rng(seed).choice(len(data), count, replace=False))
     codes = []
@@ -51,10 +54,10 @@ def s1_training_codes(checkpoint: Any, head: S1Head, images: int, seed: int, bat
 def fit(
     head: S1Head,
     codes: np.ndarray,  # S1 coefficients [N, C·|S1|] of training images
-    steps: int = 4000,
-    batch: int = 512,
-    lr: float = 1e-3,
-    seed: int = 0,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
     warmup: int = 200,
 ) -> list[float]:
     """Set the head's S1 statistics from `codes` and train its MLP on them (flow matching, the
@@ -92,7 +95,7 @@ def fit_s1_head(
     source: str | Path,
     out: str | Path,
     images: int | None = None,  # training items whose S1 the head sees (default: as many as the model saw)
-    steps: int = 4000,
+    steps: int = 12_000,
     batch: int = 512,
     lr: float = 1e-3,
     seed: int = 0,
@@ -100,7 +103,8 @@ def fit_s1_head(
     layers: int = 4,
 ) -> dict[str, Any]:
     """Fit an S1 head onto the checkpoint at `source` and write the result (released form) to `out`.
-    Returns its metadata. A head already there is replaced; the image network is kept as it is."""
+    Returns its metadata. A head already there is replaced; the image network is kept as it is.
+    Knots calibrated for the source are not carried over: S1's flow changed (`grouplat calibrate`)."""
     if Path(out).exists():
         raise ValueError(f"{str(out)!r} exists: the new checkpoint needs a new directory")
     for name, value in (
@@ -132,8 +136,8 @@ def fit_s1_head(
     head.requires_grad_(False)
     config = {k: v for k, v in checkpoint.config.items() if k != "s1_head"}
     head.config = {**config, "s1_head": {"hidden": hidden, "layers": layers}}  # type: ignore[assignment]
-    kept = ("format", "created", "grouplat_version", "fingerprint", "raw_fingerprint")
-    metadata = {k: v for k, v in checkpoint.metadata.items() if k not in kept}
+    rewritten = ("format", "created", "grouplat_version", "fingerprint", "raw_fingerprint")
+    metadata = {k: v for k, v in checkpoint.metadata.items() if k not in rewritten}
     metadata["network"] = head.config
     metadata["s1_head_fit"] = {
         "images": len(codes),
@@ -146,6 +150,7 @@ def fit_s1_head(
         "seconds": round(time.perf_counter() - started, 1),
         "source_fingerprint": checkpoint.fingerprint,
     }
+    Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(out).resolve().parent) as scratch:
         # written whole, then released: EMA weights only (the image network had no others here)
         save_checkpoint(
@@ -168,7 +173,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--images", type=int, help="training items whose S1 the head sees (default: as the model saw)"
     )
-    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
+    p.add_argument("--steps", type=int, default=12_000, help="optimizer steps (default 12000)")
     p.add_argument("--batch", type=int, default=512, help="S1 samples per step (default 512)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the items, noise and levels (default 0)")
