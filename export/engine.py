@@ -38,6 +38,7 @@ def model_info(checkpoint) -> ModelInfo:  # type: ignore[no-untyped-def]
         np.asarray(checkpoint.data_mean, np.float32),
         np.asarray(checkpoint.data_std, np.float32),
         checkpoint.knots,
+        checkpoint.s1_covariance,
     )
 
 

@@ -20,7 +20,7 @@ from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
 
 INFO_FILE = "model.json"  # `ModelInfo.describe()` as JSON
-STATS_FILE = "stats.npz"  # the data statistics: arrays `mean` and `std`
+STATS_FILE = "stats.npz"  # the data statistics: arrays `mean`, `std` and, with an S1 head, `s1_covariance`
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class ModelInfo:
         std: per-coefficient data std, float32 [C, H·W]; finite and positive.
         knots: the calibrated knots of some settings (`grouplat.knots`; `grouplat calibrate`);
             empty: every setting spaces its knots evenly.
+        s1_covariance: S1's full covariance [C·|S1|, C·|S1|], float64, for a model with an S1 head
+            (docs/design.md §1.4): the `gei` solvers take S1's Gaussian part with it. None: per
+            coefficient.
 
     Raises:
         ValueError: a training schedule with another k than the space, stats of another shape
@@ -58,6 +61,7 @@ class ModelInfo:
     mean: np.ndarray  # per-coefficient data mean [C, H·W], float32
     std: np.ndarray  # per-coefficient data std [C, H·W], float32
     knots: calibrated.Table = field(default_factory=dict)  # calibrated knots by setting (grouplat.knots)
+    s1_covariance: np.ndarray | None = None  # S1's full covariance (a model with an S1 head)
 
     def __post_init__(self) -> None:
         if self.train_schedule.k != self.space.k:
@@ -73,6 +77,12 @@ class ModelInfo:
         if not (np.isfinite(self.std).all() and (self.std > 0).all()):
             raise ValueError("data std must be finite and positive")
         object.__setattr__(self, "knots", calibrated.check(self.knots, self.space.k))
+        if self.s1_covariance is not None:
+            size = self.space.channels * len(self.space.indices(1))
+            cov = np.asarray(self.s1_covariance, np.float64)
+            if cov.shape != (size, size) or not np.isfinite(cov).all() or not np.allclose(cov, cov.T):
+                raise ValueError(f"S1's covariance must be a finite symmetric [{size}, {size}] matrix")
+            object.__setattr__(self, "s1_covariance", cov)
 
     def solve_args(
         self,
@@ -93,9 +103,9 @@ class ModelInfo:
             direction: `encode` or `decode`: whose calibrated knots apply.
 
         Returns:
-            `space`, `schedule`, `steps`, `solver`, `spacing`, `std`, `mean`, `hide` and `knots`
-            (None where `knots` has no entry for these settings); nothing else is checked here
-            (encode/decode check them).
+            `space`, `schedule`, `steps`, `solver`, `spacing`, `std`, `mean`, `hide`, `knots`
+            (None where `knots` has no entry for these settings) and `s1_covariance`; nothing
+            else is checked here (encode/decode check them).
 
         Example:
             >>> import grouplat
@@ -118,6 +128,7 @@ class ModelInfo:
             "mean": self.mean,
             "hide": self.hide,
             "knots": self.knots_for(direction, schedule, steps, solver, spacing),
+            "s1_covariance": self.s1_covariance,
         }
 
     def knots_for(
@@ -142,14 +153,16 @@ class ModelInfo:
         }
 
     def save(self, directory: str | Path) -> None:
-        """Write INFO_FILE (`describe()`) and STATS_FILE (mean, std) into an existing directory.
+        """Write INFO_FILE (`describe()`) and STATS_FILE (mean, std[, s1_covariance]) into an existing
+        directory.
 
         Raises:
             OSError: the directory does not exist or cannot be written.
         """
         directory = Path(directory)
         (directory / INFO_FILE).write_text(json.dumps(self.describe(), indent=1))
-        np.savez(directory / STATS_FILE, mean=self.mean, std=self.std)
+        extra = {} if self.s1_covariance is None else {"s1_covariance": self.s1_covariance}
+        np.savez(directory / STATS_FILE, mean=self.mean, std=self.std, **extra)
 
     @classmethod
     def load(cls, directory: str | Path) -> ModelInfo:
@@ -164,6 +177,7 @@ class ModelInfo:
             meta = json.loads((directory / INFO_FILE).read_text())
             with np.load(directory / STATS_FILE, allow_pickle=False) as stats:
                 mean, std = stats["mean"], stats["std"]
+                s1_covariance = stats["s1_covariance"] if "s1_covariance" in stats.files else None
             return cls(
                 meta["fingerprint"],
                 LatentSpace.from_description(meta["space"]),
@@ -172,6 +186,7 @@ class ModelInfo:
                 mean.astype(np.float32),
                 std.astype(np.float32),
                 meta.get("knots") or {},  # model infos written before calibrated knots have none
+                s1_covariance,
             )
         except (OSError, KeyError, ValueError) as error:
             raise ValueError(f"cannot read the model info in {directory}: {error}") from error

@@ -211,12 +211,16 @@ def time_grid(
     return grid
 
 
-def group_std_ranges(space: LatentSpace, std: np.ndarray) -> np.ndarray:
+def group_std_ranges(
+    space: LatentSpace, std: np.ndarray, s1_covariance: np.ndarray | None = None
+) -> np.ndarray:
     """[k, 2]: min and max of the per-coefficient data std ([C, H·W]) inside each group.
 
     Args:
         space: the latent space (its groups).
         std: the per-coefficient data std, broadcastable to [C, H·W].
+        s1_covariance: S1's full covariance (as for `solve`): S1's range is then that of its
+            eigen-stds, the stds along which the `gei` solvers' S1 flow bends.
 
     Returns:
         [k, 2], S1 first, in std's dtype (float64 for float64 stats).
@@ -229,9 +233,13 @@ def group_std_ranges(space: LatentSpace, std: np.ndarray) -> np.ndarray:
         [[4.0, 4.0], [1.0, 3.0], [2.0, 2.0]]
     """
     std = np.broadcast_to(std, space.latent_shape)
-    return np.array(
+    ranges = np.array(
         [[std[:, ix].min(), std[:, ix].max()] for ix in (space.indices(g) for g in range(1, space.k + 1))]
     )
+    if s1_covariance is not None:
+        eigen_std = np.sqrt(np.maximum(np.linalg.eigvalsh(np.asarray(s1_covariance, np.float64)), 1e-20))
+        ranges[0] = eigen_std.min(), eigen_std.max()
+    return ranges
 
 
 class GaussianPart:
@@ -275,6 +283,39 @@ class GaussianPart:
         return to * self.mean + self.scale(to) * w
 
 
+class FullCovarianceGaussianPart(GaussianPart):
+    """`GaussianPart` of a group whose coefficients are jointly Gaussian, covariance Σ = R diag(λ) Rᵀ.
+
+    All of a group's coefficients share one level α and the noise is isotropic, so the exact flow
+    of N(μ, Σ) is the per-coefficient one in the eigen-coordinates `y = flat(x) R` (flattened
+    channel-major, as `networks.S1Head` does): residuals and τ live there, states are rotated there
+    and back. A model with an S1 head has such an S1 (`ModelInfo.s1_covariance`); with the
+    per-coefficient part its thin directions were left to the numerical integration.
+
+    Args:
+        mean: μ of the group's coefficients [C, n], float64 numpy or device array.
+        covariance: Σ over the flattened coefficients [C·n, C·n] (numpy; symmetric).
+    """
+
+    def __init__(self, mean: Any, covariance: np.ndarray) -> None:
+        variance, rotation = np.linalg.eigh(np.asarray(covariance, np.float64))
+        self.shape = tuple(mean.shape)
+        self.rotation = arrays.beside(rotation, mean)
+        xp = arrays.namespace(mean)
+        flat = xp.reshape(xp.astype(xp.asarray(mean), xp.float64), (-1,)) @ self.rotation
+        super().__init__(flat, arrays.beside(np.sqrt(np.maximum(variance, 1e-20)), mean))
+
+    def _eigen(self, x: Any) -> Any:
+        return self.xp.reshape(self.xp.astype(x, self.xp.float64), (*x.shape[:-2], -1)) @ self.rotation
+
+    def residual(self, x: Any, u: Any, alpha: float) -> Any:
+        return super().residual(self._eigen(x), self._eigen(u), alpha)
+
+    def advance(self, x: Any, residual: Any, alpha: float, to: float) -> Any:
+        y = super().advance(self._eigen(x), residual, alpha, to)
+        return self.xp.reshape(y @ self.xp.permute_dims(self.rotation, (1, 0)), (*x.shape[:-2], *self.shape))
+
+
 def solve(
     velocity: Velocity,
     latents: Array,
@@ -286,6 +327,7 @@ def solve(
     callback: Callback | None = None,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
+    s1_covariance: np.ndarray | None = None,
 ) -> Array:
     """Integrate the latents along `grid` (forward times). Returns float32 [B, C, H·W].
 
@@ -311,6 +353,9 @@ def solve(
             state array, updated in place by later steps: copy it to keep it.
         mean: the data mean per coefficient, broadcastable to [C, H·W]; needed by the `gei` solvers.
         std: the data std, likewise.
+        s1_covariance: S1's full covariance [C·|S1|, C·|S1|] (a model with an S1 head): the `gei`
+            solvers then take S1's Gaussian part with it (`FullCovarianceGaussianPart`); None:
+            per coefficient.
 
     Returns:
         float32 [B, C, H·W], the state at the grid's last time.
@@ -330,7 +375,7 @@ def solve(
         >>> z.dtype, z.shape, bool(np.abs(z - oracle.encode(images)).max() < 1e-4)
         (dtype('float32'), (2, 1, 64), True)
     """
-    steps = solve_steps(latents, space, schedule, grid, solver, hide, callback, mean, std)
+    steps = solve_steps(latents, space, schedule, grid, solver, hide, callback, mean, std, s1_covariance)
     try:
         query = next(steps)
         while True:
@@ -349,6 +394,7 @@ def solve_steps(
     callback: Callback | None = None,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
+    s1_covariance: np.ndarray | None = None,
 ) -> Generator[Query, Array, Array]:
     """`solve` as a generator: the same integration, but each network evaluation is handed out.
 
@@ -386,6 +432,14 @@ def solve_steps(
             GaussianPart(arrays.beside(mean[:, ix], x), arrays.beside(std[:, ix], x))
             for ix in map(space.indices, groups)
         ]
+        if s1_covariance is not None:
+            s1 = space.indices(1)
+            size = space.channels * len(s1)
+            if np.shape(s1_covariance) != (size, size):
+                raise ValueError(
+                    f"S1's covariance has shape {np.shape(s1_covariance)}, expected {(size, size)}"
+                )
+            gaussian[0] = FullCovarianceGaussianPart(arrays.beside(mean[:, s1], x), s1_covariance)
     steps = [
         (float(t0), float(t1), int(schedule.active(0.5 * (t0 + t1)))) for t0, t1 in zip(grid[:-1], grid[1:])
     ]
@@ -495,8 +549,9 @@ def _grid(
     spacing: str,
     std: np.ndarray | None,
     knots: Sequence[Sequence[float]] | None = None,
+    s1_covariance: np.ndarray | None = None,
 ) -> np.ndarray:
-    ranges = None if std is None else group_std_ranges(space, std)
+    ranges = None if std is None else group_std_ranges(space, std, s1_covariance)
     return time_grid(schedule, steps, spacing, ranges, knots=knots)
 
 
@@ -513,6 +568,7 @@ def encode(
     hide: bool = True,
     callback: Callback | None = None,
     knots: Sequence[Sequence[float]] | None = None,
+    s1_covariance: np.ndarray | None = None,
 ) -> Array:
     """Images [B, C, H, W] in [-1, 1] → latents [B, C, H·W] (integrate t from 0 to 1).
 
@@ -534,6 +590,7 @@ def encode(
         hide: as for `solve`.
         callback: as for `solve` (copy the state to keep it).
         knots: each phase's inner knots, as for `time_grid`; None: evenly spaced.
+        s1_covariance: as for `solve`.
 
     Returns:
         float32 latents [B, C, H·W].
@@ -554,9 +611,9 @@ def encode(
         >>> z.shape, back.shape, bool(np.abs(back - images).max() < 1e-6)  # GEI: exact on Gaussians
         ((2, 1, 64), (2, 1, 8, 8), True)
     """
-    grid = _grid(space, schedule, steps, spacing, std, knots)
+    grid = _grid(space, schedule, steps, spacing, std, knots, s1_covariance)
     latents = space.to_latent(images)
-    return solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std)
+    return solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std, s1_covariance)
 
 
 def decode(
@@ -572,6 +629,7 @@ def decode(
     hide: bool = True,
     callback: Callback | None = None,
     knots: Sequence[Sequence[float]] | None = None,
+    s1_covariance: np.ndarray | None = None,
 ) -> Array:
     """Latents [B, C, H·W] → images [B, C, H, W] (integrate t from 1 to 0).
 
@@ -591,6 +649,7 @@ def decode(
         hide: as for `solve`.
         callback: as for `solve` (copy the state to keep it).
         knots: each phase's inner knots, as for `time_grid`; None: evenly spaced.
+        s1_covariance: as for `solve`.
 
     Returns:
         float32 images [B, C, H, W] (not clipped to [-1, 1]).
@@ -600,6 +659,6 @@ def decode(
             `time_grid` or `solve` rejects (bad steps, spacing or solver, a k mismatch, a `gei`
             solver without mean and std).
     """
-    grid = _grid(space, schedule, steps, spacing, std, knots)[::-1]
-    state = solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std)
+    grid = _grid(space, schedule, steps, spacing, std, knots, s1_covariance)[::-1]
+    state = solve(velocity, latents, space, schedule, grid, solver, hide, callback, mean, std, s1_covariance)
     return space.from_latent(state)

@@ -273,3 +273,51 @@ def test_interleaved_solve_steps_answered_in_one_batch_equal_solving_each_alone(
                 del queries[i]
     for i, expected in enumerate(alone):
         np.testing.assert_array_equal(results[i], expected)
+
+
+def full_covariance_s1(space, seed=0):
+    """A Gaussian whose S1 coefficients have a full covariance (nearly degenerate directions, as a
+    shape's S1 has) and whose other coefficients are independent, with its exact velocity."""
+    from grouplat.oracle import gaussian_velocity
+
+    rng = np.random.default_rng(seed)
+    oracle, _ = oracle_for(space, seed)
+    s1, size = space.indices(1), space.channels * len(space.indices(1))
+    rotation = np.linalg.qr(rng.standard_normal((size, size)))[0]
+    covariance = (rotation * np.geomspace(0.02, 5.0, size) ** 2) @ rotation.T
+    mean = oracle.mean[:, s1].reshape(-1)
+
+    def velocity(x_t, levels):
+        z = space.to_latent(x_t).astype(np.float64)
+        alpha = np.clip(levels, 0, 1)
+        u = gaussian_velocity(z, alpha[:, space.group_of][:, None], oracle.mean, oracle.std**2)
+        for b, a in enumerate(alpha[:, 0]):
+            eye = np.eye(size)
+            gain = (a * covariance - (1 - a) * eye) @ np.linalg.inv(a**2 * covariance + (1 - a) ** 2 * eye)
+            u[b][:, s1] = (mean + gain @ (z[b][:, s1].reshape(-1) - a * mean)).reshape(space.channels, -1)
+        return space.from_latent(u).astype(np.float32)
+
+    return oracle, covariance, velocity
+
+
+@pytest.mark.parametrize("solver", ["gei1", "gei2m", "gei3ab", "gei2pc"])
+def test_gei_with_s1s_covariance_is_exact_for_a_full_covariance_s1(solver):
+    """A model with an S1 head has such an S1: its exact decode is μ + Σ^½ z on S1."""
+    space = LatentSpace((2, 8, 8), "dct", (4, 16))
+    oracle, covariance, velocity = full_covariance_s1(space)
+    schedule = Schedule.from_cuts("0.5,0.8")
+    z = np.random.default_rng(3).standard_normal((3, *space.latent_shape)).astype(np.float32)
+    variance, rotation = np.linalg.eigh(covariance)
+    s1 = space.indices(1)
+    root = (rotation * variance**0.5) @ rotation.T  # Σ^½
+    expected = oracle.mean[:, s1].reshape(-1) + z[:, :, s1].reshape(3, -1) @ root  # S1's exact decode
+    stats = {"mean": oracle.mean, "std": oracle.std, "solver": solver}
+    decoded = decode(velocity, z, space, schedule, steps=3, s1_covariance=covariance, **stats)
+    assert np.abs(space.to_latent(decoded)[:, :, s1].reshape(3, -1) - expected).max() <= 1e-4
+    back = encode(velocity, decoded, space, schedule, steps=3, s1_covariance=covariance, **stats)
+    assert np.abs(back - z).max() <= 1e-4
+    per_coefficient = decode(velocity, z, space, schedule, steps=3, **stats)  # what it replaces
+    assert np.abs(space.to_latent(per_coefficient)[:, :, s1].reshape(3, -1) - expected).max() > 1e-2
+    assert group_std_ranges(space, oracle.std, covariance)[0] == pytest.approx([0.02, 5.0])
+    with pytest.raises(ValueError, match="S1's covariance has shape"):
+        decode(velocity, z, space, schedule, steps=3, s1_covariance=covariance[1:, 1:], **stats)

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from grouplat import LatentSpace  # noqa: E402
 from grouplat.cli import main as grouplat_main  # noqa: E402
 from grouplat.export.engine import check_parity, export_onnx, model_info  # noqa: E402
+from grouplat.modelinfo import ModelInfo  # noqa: E402
 from grouplat.space import quadrant_groups  # noqa: E402
 from grouplat.training.checkpoint import load_checkpoint  # noqa: E402
 from grouplat.training.networks import S1Head, build_network  # noqa: E402
@@ -135,6 +136,17 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     # exported: ONNX Runtime computes what PyTorch does (the head is part of the velocity graph)
     onnx_model = export_onnx(load_checkpoint(fitted).network, model_info(after))
     assert check_parity(load_checkpoint(fitted).network, onnx_model, model_info(after)) < 1e-3
+
+    # the served model info carries S1's covariance (the gei solvers' S1 part), through its files too
+    info = model_info(after)
+    fitted_on = s1_training_codes(after, head, 2048, seed=0)  # the fit's own items
+    np.testing.assert_allclose(info.s1_covariance, np.cov(fitted_on, rowvar=False), rtol=1e-4, atol=1e-6)
+    info.save(tmp_path)
+    np.testing.assert_array_equal(ModelInfo.load(tmp_path).s1_covariance, info.s1_covariance)
+    assert info.solve_args(after.schedule, 8)["s1_covariance"] is info.s1_covariance
+    assert model_info(before).s1_covariance is None
+    with pytest.raises(ValueError, match="S1's covariance must be"):
+        ModelInfo(info.fingerprint, space, after.schedule, True, info.mean, info.std, {}, np.eye(3))
 
     # a model that has a head gets a new one; the image network stays
     again = tmp_path / "again"

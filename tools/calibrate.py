@@ -122,7 +122,10 @@ def calibrate(
     """Both directions' knots of one model (a `grouplat.tools.evaluation.measure.Model`) fitted,
     and checked on other latents. Returns `knots` (a grouplat.knots table), `decode` and
     `round_trip` ({"fit", "even", "calibrated"} PSNRs in dB) and the settings."""
-    common = dict(space=model.space, solver=solver, std=model.std, mean=model.mean, hide=model.hide)
+    common = dict(
+        space=model.space, solver=solver, std=model.std, mean=model.mean, hide=model.hide,
+        s1_covariance=model.s1_covariance,
+    )  # fmt: skip
 
     def decode(latents: np.ndarray, knots: Any = None) -> np.ndarray:
         return grouplat.decode(model.velocity, latents, schedule=model.generate, steps=list(decode_split),

@@ -197,6 +197,7 @@ def study(
         return grouplat.decode(
             velocity or model.velocity, latents if start is None else start, model.space, model.generate,
             steps, solver, spacing, std=model.std, mean=model.mean, hide=model.hide,
+            s1_covariance=model.s1_covariance,
         )  # fmt: skip
 
     reference = decode("gei2m", reference_steps)
@@ -241,7 +242,7 @@ def study(
                 if by not in encoded:
                     encoded[by] = grouplat.encode(
                         model.velocity, images, model.space, model.generate, list(by), solver,
-                        std=model.std, mean=model.mean, hide=model.hide,
+                        std=model.std, mean=model.mean, hide=model.hide, s1_covariance=model.s1_covariance,
                     )  # fmt: skip
                 back = decode(solver, counts, "tau", None, encoded[by])
                 result["round_trip"][name] = round(psnr(back, images), 2)
@@ -268,12 +269,12 @@ def calibrated_knots(
     def decode(z: np.ndarray, solver: str, steps: Sequence[int], knots: Any = None) -> np.ndarray:
         return grouplat.decode(
             model.velocity, z, model.space, model.generate, list(steps), solver,
-            std=model.std, mean=model.mean, hide=model.hide, knots=knots,
+            std=model.std, mean=model.mean, hide=model.hide, s1_covariance=model.s1_covariance, knots=knots,
         )  # fmt: skip
 
     held_out_reference = grouplat.decode(
         model.velocity, others, model.space, model.generate, reference_steps, "gei2m",
-        std=model.std, mean=model.mean, hide=model.hide,
+        std=model.std, mean=model.mean, hide=model.hide, s1_covariance=model.s1_covariance,
     )  # fmt: skip
     result = {}
     for solver in solvers:

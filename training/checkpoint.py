@@ -34,7 +34,7 @@ from grouplat.knots import KNOTS_FILE
 from grouplat.knots import read as read_knots
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
-from grouplat.training.networks import build_network, numpy_velocity
+from grouplat.training.networks import S1Head, build_network, numpy_velocity
 
 FORMAT = "grouplat-checkpoint/1"
 MODEL, METADATA = "model.safetensors", "metadata.json"
@@ -154,6 +154,11 @@ class Checkpoint:
     def config(self) -> dict[str, Any]:
         """The network config: `build_network(config)` rebuilds the architecture."""
         return dict(self.metadata["network"])
+
+    @property
+    def s1_covariance(self) -> np.ndarray | None:
+        """S1's full covariance when the network has an S1 head (the `gei` solvers use it), else None."""
+        return self.network.covariance() if isinstance(self.network, S1Head) else None
 
     def velocity(self, max_batch: int = 256) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """The network as a numpy velocity callable for `grouplat.decode` / `encode`."""

@@ -368,6 +368,11 @@ class S1Head(nn.Module):
             buffer.copy_(torch.as_tensor(value, dtype=torch.float32))
         self.s1_variance.copy_(torch.as_tensor(np.maximum(variance, 1e-10), dtype=torch.float32))
 
+    def covariance(self) -> np.ndarray:
+        """S1's covariance R diag(λ) Rᵀ [C·|S1|, C·|S1|] (float64): the solvers' Gaussian part for S1."""
+        rotation = self.s1_rotation.double().cpu().numpy()
+        return (rotation * self.s1_variance.double().cpu().numpy()) @ rotation.T
+
     def s1_codes(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, C, H·W] latent coefficients → S1's [B, C·|S1|]."""
         return latents[..., self.s1_first[: self.s1_size]].flatten(1)

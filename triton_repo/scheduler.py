@@ -85,7 +85,7 @@ class Plan:
         info = self.info
         schedule = settings.generation_schedule(info.space.k)
         per_group = allocate_steps(schedule, settings.steps)
-        ranges = group_std_ranges(info.space, info.std)
+        ranges = group_std_ranges(info.space, info.std, info.s1_covariance)
         knots = info.knots_for(direction, schedule, settings.steps, settings.solver, settings.spacing)
         return (
             schedule,
@@ -96,7 +96,16 @@ class Plan:
     def _solve(self, state: np.ndarray, grid: np.ndarray, schedule: Schedule | None = None) -> Program:
         info, s = self.info, self.settings
         return solve_steps(
-            state, info.space, schedule or self.schedule, grid, s.solver, info.hide, None, info.mean, info.std
+            state,
+            info.space,
+            schedule or self.schedule,
+            grid,
+            s.solver,
+            info.hide,
+            None,
+            info.mean,
+            info.std,
+            info.s1_covariance,
         )
 
     def encode(self, images: np.ndarray) -> Program:

@@ -122,7 +122,7 @@ def load_model(path: str, name: str, engine: Engine, schedule: str | None = None
         encoding = default_encode_schedule(ckpt.space.k, ckpt.schedule)
     return Model(
         name, str(ckpt.path), ckpt.fingerprint, ckpt.space, ckpt.schedule, generate, chunked(velocity, CHUNK),
-        ckpt.data_mean, ckpt.data_std, ckpt.hide, encoding, ckpt.knots,
+        ckpt.data_mean, ckpt.data_std, ckpt.hide, encoding, ckpt.knots, ckpt.s1_covariance,
     )  # fmt: skip
 
 

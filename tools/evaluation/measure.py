@@ -66,6 +66,7 @@ class Model:
     hide: bool
     encoding: Schedule | None = None  # the encode's schedule; None: `generate`
     knots: dict = field(default_factory=dict)  # calibrated knots (grouplat.knots), as served
+    s1_covariance: np.ndarray | None = None  # S1's full covariance (an S1 head), as served
 
     def _solve(self, solver: str, nfe: int, schedule: Schedule | None, direction: str = "decode") -> dict:
         steps = nfe // NFE_PER_STEP[solver]
@@ -74,7 +75,7 @@ class Model:
         schedule = schedule or self.generate
         return dict(
             velocity=self.velocity, space=self.space, schedule=schedule, steps=steps,
-            solver=solver, std=self.std, mean=self.mean, hide=self.hide,
+            solver=solver, std=self.std, mean=self.mean, hide=self.hide, s1_covariance=self.s1_covariance,
             knots=calibrated.lookup(self.knots, direction, schedule, steps, solver, "tau"),
         )  # fmt: skip
 
