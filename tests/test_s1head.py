@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,6 @@ NET = dict(
 )
 HEAD = {"hidden": 32, "layers": 2}
 FITTED = {"hidden": 64, "layers": 2}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gaussian_s1_velocity(s1: np.ndarray, alpha: float, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,31 @@ def test_serves_python_model_and_stops_cleanly(tmp_path: Path) -> None:
     assert not pid_alive(pid)
     assert group_members(pid) == []
     assert not server.is_running()
+
+
+def test_a_server_killed_before_it_was_ready_is_started_once_more(tmp_path: Path) -> None:
+    """tritonserver's gRPC poller has aborted at startup on a loaded machine (SIGABRT, CI
+    2026-12-03): start() launches it once more, and the first log stays."""
+    server = EmbeddedServer(make_repository(tmp_path / "repo"), startup_timeout=60)
+    aborted: list[int] = []
+
+    def abort_the_first_launch() -> None:
+        deadline = time.monotonic() + 30
+        while server.pid is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert server.pid is not None
+        aborted.append(server.pid)
+        os.kill(server.pid, signal.SIGABRT)
+
+    killer = threading.Thread(target=abort_the_first_launch)
+    killer.start()
+    with server:
+        killer.join()
+        assert aborted and server.pid != aborted[0] and server.is_running()
+        x = np.ones((2, 4), np.float32)
+        np.testing.assert_array_equal(infer(server.grpc_url, x), x + 1)
+        assert server.log_path.with_suffix(".first.log").is_file()  # until stop() clears the work dir
+    assert not pid_alive(aborted[0])
 
 
 def test_bad_repository_raises_clear_error(tmp_path: Path) -> None:

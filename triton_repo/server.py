@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import logging
 import os
 import secrets
 import shutil
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+log = logging.getLogger(__name__)
 INSTALL_HINT = "install grouplat[serve] (nvidia-pytriton 0.5.14, tritonclient[grpc,http] 2.51.0)"
 # Triton's admin protocols: registering shared memory lets any caller who can reach the port map
 # and write the server's memory (one such request aborted tritonserver); the others change
@@ -277,19 +279,38 @@ class EmbeddedServer:
         return [*cmd, *self.extra_args], env
 
     def start(self) -> EmbeddedServer:
-        """Launch the server and wait until /v2/health/ready answers 200."""
+        """Launch the server and wait until /v2/health/ready answers 200.
+
+        A server killed by a signal before it was ready is started once more: tritonserver's gRPC
+        poller has aborted at startup on a loaded machine (SIGABRT after "epoll_wait error: Bad
+        file descriptor" in its log), a crash of the moment; a bad configuration exits with a code
+        and is reported at once. The first log is kept beside the new one (`*.first.log`).
+        """
         if self._proc is not None:
             raise RuntimeError("server already started")
         cmd, env = self._prepare()
+        reason, code = self._launch(cmd, env)
+        if code is not None and code < 0:
+            first = self._log_path.with_suffix(".first.log")
+            self._log_path.replace(first)
+            log.warning("tritonserver died of signal %d before ready (log %s): starting again", -code, first)
+            reason, code = self._launch(cmd, env)
+        if reason is None:
+            return self
+        raise RuntimeError(f"{reason}; server log {self._log_path}:\n{_tail(self._log_path)}")
+
+    def _launch(self, cmd: list[str], env: dict[str, str]) -> tuple[str | None, int | None]:
+        """Start the process and wait until it is ready: (None, None), or why not and the exit code
+        it died with (None: it was still running and has been stopped)."""
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._log_path, "wb") as log:
+        with open(self._log_path, "wb") as output:
             # Own session: Ctrl-C in a terminal does not hit it directly, and stop() can
             # signal the whole group (server and its backend stubs).
             self._proc = subprocess.Popen(
                 cmd,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if self._dies_with_parent() else None,
@@ -301,20 +322,18 @@ class EmbeddedServer:
         while True:
             code = self._proc.poll()
             if code is not None:
-                reason = f"tritonserver exited with code {code} before it was ready"
-                break
+                self._terminate(timeout=10.0)  # its stubs and shared memory
+                return f"tritonserver exited with code {code} before it was ready", code
             try:
                 with opener.open(ready_url, timeout=1.0) as resp:
                     if resp.status == 200:
-                        return self
+                        return None, None
             except (urllib.error.URLError, OSError):
                 pass  # not listening yet, or listening but not ready (HTTP 400)
             if time.monotonic() > deadline:
-                reason = f"tritonserver not ready after {self.startup_timeout:g} s"
-                break
+                self._terminate(timeout=10.0)
+                return f"tritonserver not ready after {self.startup_timeout:g} s", None
             time.sleep(0.1)
-        self._terminate(timeout=10.0)
-        raise RuntimeError(f"{reason}; server log {self._log_path}:\n{_tail(self._log_path)}")
 
     def _dies_with_parent(self) -> bool:
         if self.die_with_parent is not None:
