@@ -17,7 +17,7 @@ import numpy as np
 
 from grouplat import arrays
 from grouplat.arrays import Array
-from grouplat.oracle import gaussian_velocity
+from grouplat.oracle import FullCovarianceGaussianPart, GaussianPart
 from grouplat.schedule import Schedule
 from grouplat.space import LatentSpace
 
@@ -240,80 +240,6 @@ def group_std_ranges(
         eigen_std = np.sqrt(np.maximum(np.linalg.eigvalsh(np.asarray(s1_covariance, np.float64)), 1e-20))
         ranges[0] = eigen_std.min(), eigen_std.max()
     return ranges
-
-
-class GaussianPart:
-    """The exactly solvable Gaussian part of one group's flow (docs/design.md §1, GEI).
-
-    For coefficients with data mean μ and std σ, `u_g = μ + g(α)(x − αμ)` is the oracle velocity;
-    with `w = (x − αμ)/s(α)` and `τ = ∫dα/s(α)` the full flow is `dw/dτ = u − u_g`, so only the
-    network's residual is integrated numerically and the stiff Gaussian part is exact.
-
-    Args:
-        mean: μ of the group's coefficients (any shape), as float64 numpy or device arrays.
-        std: σ of the same coefficients, broadcastable to mean, in mean's library; positive.
-
-    Attributes:
-        mean: float64 μ.
-        var: float64 σ².
-    """
-
-    def __init__(self, mean: Any, std: Any) -> None:
-        self.xp = arrays.namespace(mean)
-        self.mean = self.xp.astype(self.xp.asarray(mean), self.xp.float64)
-        self.var = self.xp.astype(self.xp.asarray(std), self.xp.float64) ** 2
-        self._std = self.xp.sqrt(self.var)
-        self._root = self.xp.sqrt(1 + self.var)
-
-    def scale(self, alpha: float) -> Any:
-        """`s(α) = sqrt(α²σ² + (1 − α)²)`, the std of x̄_t at level α (float64)."""
-        return self.xp.sqrt(alpha**2 * self.var + (1 - alpha) ** 2)
-
-    def tau(self, alpha: float) -> Any:
-        """`τ(α) = asinh(((1 + σ²)α − 1)/σ) / sqrt(1 + σ²)`, an antiderivative of 1/s(α) (float64)."""
-        return self.xp.asinh(((1 + self.var) * alpha - 1) / self._std) / self._root
-
-    def residual(self, x: Any, u: Any, alpha: float) -> Any:
-        """`u − u_g`: the velocity u at state x and level α less the Gaussian's own velocity u_g."""
-        return u - gaussian_velocity(x, alpha, self.mean, self.var)
-
-    def advance(self, x: Any, residual: Any, alpha: float, to: float) -> Any:
-        """Exact Gaussian transport from α to `to`, with the residual held constant in τ."""
-        w = (x - alpha * self.mean) / self.scale(alpha) + residual * (self.tau(to) - self.tau(alpha))
-        return to * self.mean + self.scale(to) * w
-
-
-class FullCovarianceGaussianPart(GaussianPart):
-    """`GaussianPart` of a group whose coefficients are jointly Gaussian, covariance Σ = R diag(λ) Rᵀ.
-
-    All of a group's coefficients share one level α and the noise is isotropic, so the exact flow
-    of N(μ, Σ) is the per-coefficient one in the eigen-coordinates `y = flat(x) R` (flattened
-    channel-major, as `networks.S1Head` does): residuals and τ live there, states are rotated there
-    and back. A model with an S1 head has such an S1 (`ModelInfo.s1_covariance`); with the
-    per-coefficient part its thin directions were left to the numerical integration.
-
-    Args:
-        mean: μ of the group's coefficients [C, n], float64 numpy or device array.
-        covariance: Σ over the flattened coefficients [C·n, C·n] (numpy; symmetric).
-    """
-
-    def __init__(self, mean: Any, covariance: np.ndarray) -> None:
-        variance, rotation = np.linalg.eigh(np.asarray(covariance, np.float64))
-        self.shape = tuple(mean.shape)
-        self.rotation = arrays.beside(rotation, mean)
-        xp = arrays.namespace(mean)
-        flat = xp.reshape(xp.astype(xp.asarray(mean), xp.float64), (-1,)) @ self.rotation
-        super().__init__(flat, arrays.beside(np.sqrt(np.maximum(variance, 1e-20)), mean))
-
-    def _eigen(self, x: Any) -> Any:
-        return self.xp.reshape(self.xp.astype(x, self.xp.float64), (*x.shape[:-2], -1)) @ self.rotation
-
-    def residual(self, x: Any, u: Any, alpha: float) -> Any:
-        return super().residual(self._eigen(x), self._eigen(u), alpha)
-
-    def advance(self, x: Any, residual: Any, alpha: float, to: float) -> Any:
-        y = super().advance(self._eigen(x), residual, alpha, to)
-        return self.xp.reshape(y @ self.xp.permute_dims(self.rotation, (1, 0)), (*x.shape[:-2], *self.shape))
 
 
 def solve(
