@@ -96,17 +96,9 @@ class Plan:
     def _solve(self, state: np.ndarray, grid: np.ndarray, schedule: Schedule | None = None) -> Program:
         info, s = self.info, self.settings
         return solve_steps(
-            state,
-            info.space,
-            schedule or self.schedule,
-            grid,
-            s.solver,
-            info.hide,
-            None,
-            info.mean,
-            info.std,
-            info.s1_covariance,
-        )
+            state, info.space, schedule or self.schedule, grid, s.solver, info.hide,
+            mean=info.mean, std=info.std, s1_covariance=info.s1_covariance,
+        )  # fmt: skip
 
     def encode(self, images: np.ndarray) -> Program:
         """The encode direction: its own schedule (`settings.encoding()`)."""
