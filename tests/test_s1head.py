@@ -162,6 +162,11 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     assert grouplat_main(["fit-s1", str(fitted), "--out", str(again), "--images", "64", "--steps", "2"]) == 0
     assert load_checkpoint(again).config == {**before.config, "s1_head": {"hidden": 256, "layers": 4}}
     assert json.loads((again / "metadata.json").read_text())["images"] == before.metadata["images"]
+    # one seed, one head: the same command again writes the same weights
+    twice = tmp_path / "twice"
+    assert grouplat_main(["fit-s1", str(fitted), "--out", str(twice), "--images", "64", "--steps", "2"]) == 0
+    weights = [load_checkpoint(path).network.state_dict() for path in (again, twice)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 def test_fit_s1_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

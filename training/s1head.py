@@ -140,7 +140,9 @@ def fit_s1_head(
         )
     network = checkpoint.network
     inner = network.net if isinstance(network, S1Head) else network
-    head = S1Head(inner, checkpoint.space, hidden=hidden, layers=layers)
+    with torch.random.fork_rng():  # the initial weights from `seed` too: one seed, one head
+        torch.manual_seed(seed)
+        head = S1Head(inner, checkpoint.space, hidden=hidden, layers=layers)
     images = images or int(checkpoint.metadata.get("images") or 0) or 100_000
     started = time.perf_counter()
     codes = s1_training_codes(checkpoint, head, images, seed)
@@ -189,7 +191,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=12_000, help="optimizer steps (default 12000)")
     p.add_argument("--batch", type=int, default=512, help="S1 samples per step (default 512)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the items, noise and levels (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the initial weights, items, noise and levels (default 0)"
+    )
     p.add_argument("--hidden", type=int, default=256, help="the head MLP's width (default 256)")
     p.add_argument("--layers", type=int, default=4, help="the head MLP's residual layers (default 4)")
     p.set_defaults(handler=run)

@@ -106,9 +106,10 @@ def markdown(report: dict) -> str:
         "Where held-out latents miss it: the held-out images' standardized S1 coefficients "
         "((x̄ − μ) / σ, the grouped model's μ, σ) along their principal directions, widest first, in "
         "bands; mean std of the images, of each model's samples, and of the images' latents. Samples "
-        "wider than the images along a band (the model not yet as thin as data that few factors "
-        "make) put the images in the middle of the model's spread: their latents come out narrower "
-        "than 1 there.",
+        "wider than the images along a band put the images in the middle of the model's spread: "
+        "their latents come out narrower than 1 there. Latents narrower than 1 where the samples are "
+        "no wider than the images say that the model is wider than the data locally, across the "
+        "surface that S1's few factors make, not overall.",
         _table(["directions", "images", *(f"{n} {w}" for n in names for w in ("samples", "latents"))], bands),
     ]
 
