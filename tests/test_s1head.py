@@ -160,7 +160,7 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     # a model that has a head gets a new one; the image network stays
     again = tmp_path / "again"
     assert grouplat_main(["fit-s1", str(fitted), "--out", str(again), "--images", "64", "--steps", "2"]) == 0
-    assert load_checkpoint(again).config == {**before.config, "s1_head": {"hidden": 256, "layers": 4}}
+    assert load_checkpoint(again).config == {**before.config, "s1_head": {"hidden": 512, "layers": 4}}
     assert json.loads((again / "metadata.json").read_text())["images"] == before.metadata["images"]
     # one seed, one head: the same command again writes the same weights
     twice = tmp_path / "twice"

@@ -345,7 +345,7 @@ class S1Head(nn.Module):
     s1_first: torch.Tensor
     s1_first_inverse: torch.Tensor
 
-    def __init__(self, net: nn.Module, space: LatentSpace, hidden: int = 256, layers: int = 4) -> None:
+    def __init__(self, net: nn.Module, space: LatentSpace, hidden: int = 512, layers: int = 4) -> None:
         super().__init__()
         self.net = net
         self.basis = TorchBasis(space)
