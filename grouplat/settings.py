@@ -14,14 +14,14 @@ from grouplat.solvers import SOLVERS, SPACINGS
 # The served defaults. Chosen by measurement (docs/solvers.md) on models/shapes32: GEI-2pc (GEI-2ab
 # with UniPC's corrector, no extra evaluation), each direction with its own steps and split, and
 # each split's knots calibrated to the model (`grouplat calibrate`, grouplat.knots). A decode is
-# what a caller does often (samples, previews, variations, every edit): 24 steps [10, 5, 5, 4]
-# decode one-way at 42.7 dB with calibrated knots (40.3 evenly spaced; before the S1 head 41.7
-# and 38.7; 36 steps [12, 13, 6, 5]: 47.4). S1 gets the most steps: its data end is the stiffest
-# part of the flow, and the first preview (the end of S1's phase) comes at 10 of 24 steps. An
-# encode turns a caller's own image into a latent once per image and ends at that stiff data end:
-# 36 steps [16, 8, 6, 6], with which held-out images round-trip at 40.5 dB (before the S1 head
-# 39.8; 24 steps: 38.0 at best; 36 steps both ways with even knots, the default before: 40.9 dB
-# round trip, 44.2 one-way).
+# what a caller does often (samples, previews, variations, every edit): 24 steps [10, 5, 5, 4] decode
+# one-way at 41.2 dB with calibrated knots (38.7 evenly spaced; with the 256-wide S1 head 42.7 and 40.3,
+# before the S1 head 41.7 and 38.7; 36 steps [12, 13, 6, 5]: 47.4). S1 gets the most steps: its data end is
+# the stiffest part of the flow, and the first preview (the end of S1's phase) comes at 10 of 24 steps. An
+# encode turns a caller's own image into a latent once per image and ends at that stiff data end: 36 steps
+# [16, 8, 6, 6], with which held-out images round-trip at 39.4 dB (256-wide head 40.5, before the S1 head
+# 39.8; 24 steps: 38.0 at best; 36 steps both ways with even knots, the default before: 40.9 dB round trip,
+# 44.2 one-way).
 # `grouplat export` writes these into every model's config as the default settings for four groups
 # (schedules with intervals in proportion to the splits).
 DEFAULT_SOLVER = "gei2pc"
