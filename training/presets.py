@@ -19,8 +19,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # after 3000 steps the finest group's error was 0.27 of the Gaussian predictor's (uniform: 0.09)
     # and samples kept grain (docs/design.md, known trap 1). The shipped models/shapes32 is this
     # preset as it stands (1800 steps × 64 = 115k images, ~40 min on 2 cores), then `grouplat
-    # fit-s1` (an S1 head fitted on the same images' S1, ~5–15 min); phase-first training times and
-    # the Gaussian-residual network (--times phase, residual) did not give better samples
+    # fit-s1` (a 512-wide S1 head fitted on the same images' S1, ~16 min on 2 cores); phase-first
+    # training times and the Gaussian-residual network (--times phase, residual) did not give better samples
     # (docs/recipe.md). Longer runs keep improving: grids every 1000 steps show it.
     "shapes32": dict(
         data="shapes:32", basis="dct", groups="30,100,500", weighting="uniform",  # schedule: 0.6,0.8,0.9
