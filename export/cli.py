@@ -114,7 +114,7 @@ def host_device() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from grouplat.export.engine import ParityError, check_parity, export_onnx, model_info
+    from grouplat.export.engine import ParityError, export_engines, model_info
     from grouplat.export.repository import ServingOptions, write_repository
     from grouplat.export.tensorrt import TensorRTUnavailable, build_plan, write_record
     from grouplat.training.checkpoint import load_checkpoint
@@ -145,13 +145,20 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         info = model_info(checkpoint)
         options.check(info.space.k)
-        onnx_model = export_onnx(checkpoint.network, info)
-        error = check_parity(checkpoint.network, onnx_model, info)
+        onnx_model, s1_head, error = export_engines(checkpoint.network, info)
         plan, record = None, None
         if args.engine == "tensorrt":
             plan, record = build_plan(onnx_model, info, args.max_batch)
         version = write_repository(
-            args.repository, info, onnx_model, options, args.version, args.force, plan, checkpoint.path
+            args.repository,
+            info,
+            onnx_model,
+            options,
+            args.version,
+            args.force,
+            plan,
+            checkpoint.path,
+            s1_head,
         )
         if record is not None:
             write_record(Path(args.repository) / "velocity" / str(version), record)

@@ -18,6 +18,8 @@ import torch
 import grouplat
 from grouplat.modelinfo import ModelInfo
 from grouplat.serving.engines import OnnxVelocity
+from grouplat.solvers import S1PhaseVelocity, Velocity
+from grouplat.training.networks import S1Head, S1HeadAlone
 
 OPSET = 17
 FP32_TOLERANCE = 1e-4  # max abs difference ONNX Runtime vs PyTorch, fp32
@@ -68,10 +70,37 @@ def export_onnx(network: torch.nn.Module, info: ModelInfo, opset: int = OPSET) -
     return model.SerializeToString()
 
 
-def onnx_velocity(checkpoint, threads: int = 1) -> OnnxVelocity:  # type: ignore[no-untyped-def]
+def export_s1_head(network: torch.nn.Module, info: ModelInfo) -> bytes | None:
+    """The ONNX file of a headed network's S1 head alone (`S1HeadAlone`); None without a head."""
+    return export_onnx(S1HeadAlone(network), info) if isinstance(network, S1Head) else None
+
+
+def export_engines(network: torch.nn.Module, info: ModelInfo) -> tuple[bytes, bytes | None, float]:
+    """The velocity engine and a headed network's S1 head alone (None without one) as ONNX files,
+    each checked against PyTorch (`check_parity`), and the larger parity error."""
+    onnx_model = export_onnx(network, info)
+    error = check_parity(network, onnx_model, info)
+    s1_head = export_s1_head(network, info)
+    if s1_head is not None and isinstance(network, S1Head):
+        error = max(error, check_parity(S1HeadAlone(network), s1_head, info))
+    return onnx_model, s1_head, error
+
+
+def engine_velocity(onnx_model: bytes, s1_head: bytes | None, threads: int = 1) -> Velocity:
+    """ONNX Runtime on the velocity engine, and on a headed model's S1 head for S1's phase
+    (`S1PhaseVelocity`), as the served orchestrators run them."""
+    velocity = OnnxVelocity(onnx_model, threads=threads)
+    return velocity if s1_head is None else S1PhaseVelocity(velocity, OnnxVelocity(s1_head, threads=threads))
+
+
+def onnx_velocity(checkpoint, threads: int = 1) -> Velocity:  # type: ignore[no-untyped-def]
     """A loaded checkpoint's network exported to ONNX (in memory) and run by ONNX Runtime: the
-    velocity callable the tools decode with (faster than PyTorch eager on a CPU)."""
-    return OnnxVelocity(export_onnx(checkpoint.network, model_info(checkpoint)), threads=threads)
+    velocity callable the tools decode with (faster than PyTorch eager on a CPU), S1's phase on
+    a headed model's head alone, as served."""
+    info = model_info(checkpoint)
+    return engine_velocity(
+        export_onnx(checkpoint.network, info), export_s1_head(checkpoint.network, info), threads
+    )
 
 
 def read_metadata(onnx_model: bytes) -> dict[str, str]:

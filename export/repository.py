@@ -57,11 +57,13 @@ def write_repository(
     force: bool = False,
     plan: bytes | None = None,
     checkpoint: str | Path | None = None,
+    s1_head: bytes | None = None,
 ) -> int:
     """Write every model of the repository for `info`; returns the version number written.
 
     `plan` is the TensorRT engine (`engine: tensorrt`); `checkpoint` the checkpoint whose EMA
-    weights the PyTorch engine loads (`engine: torch`).
+    weights the PyTorch engine loads (`engine: torch`); `s1_head` a headed model's S1 head alone
+    (ONNX), which the orchestrators run S1's phase on (`S1PhaseVelocity`), whatever the engine.
     """
     options.check(info.space.k)
     if options.engine == "tensorrt" and plan is None:
@@ -106,6 +108,8 @@ def write_repository(
         write_version(root, name, version, info, defaults)
     target = root / c.VELOCITY / str(version)
     (target / "model.onnx").write_bytes(onnx_model)
+    if s1_head is not None:
+        (target / c.S1_HEAD_FILE).write_bytes(s1_head)
     if options.engine == "python":
         (target / "model.py").write_bytes(adapter("velocity"))
     if options.engine == "torch":  # the EMA weights and metadata beside the torch adapter

@@ -50,9 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from grouplat.client import Client, grid, save_image
-    from grouplat.export.engine import check_parity, export_onnx, model_info
+    from grouplat.export.engine import engine_velocity, export_engines, model_info
     from grouplat.export.repository import ServingOptions, write_repository
-    from grouplat.serving.engines import OnnxVelocity
     from grouplat.serving.server import EmbeddedServer
     from grouplat.training.checkpoint import load_checkpoint
 
@@ -72,13 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoint = load_checkpoint(args.model)
     info = model_info(checkpoint)
-    onnx_model = export_onnx(checkpoint.network, info)
-    check_parity(checkpoint.network, onnx_model, info)
+    onnx_model, s1_head, _ = export_engines(checkpoint.network, info)
     steps = args.steps or (8 if args.quick else None)  # given: both directions; else the served pair
     options = ServingOptions(steps=steps, encode_steps=steps) if steps else ServingOptions()
     with tempfile.TemporaryDirectory() as scratch:
         repository = Path(scratch) / "repository"
-        write_repository(repository, info, onnx_model, options)
+        write_repository(repository, info, onnx_model, options, s1_head=s1_head)
         bar.update(1)
         with EmbeddedServer(repository) as server, Client(server.grpc_url) as client:
             shapes = held_out_shapes(info.space.height, n)
@@ -137,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 ),
             )
             latent_values = latents.values
-        engine = OnnxVelocity(onnx_model)
+        engine = engine_velocity(onnx_model, s1_head)
         # Fig. 3: the decode of a few latents, shown at the end of each group's phase.
         save("fig3_sequential.png", sequential_states(engine, latent_values[:n], info, options))
         # Fig. 1: the scalar baseline's same elements traversed, beside the grouped model's.

@@ -33,8 +33,9 @@ from safetensors.torch import save_file
 from grouplat.knots import KNOTS_FILE
 from grouplat.knots import read as read_knots
 from grouplat.schedule import Schedule
+from grouplat.solvers import S1PhaseVelocity
 from grouplat.space import LatentSpace
-from grouplat.training.networks import S1Head, build_network, numpy_velocity
+from grouplat.training.networks import S1Head, S1HeadAlone, build_network, numpy_velocity
 
 FORMAT = "grouplat-checkpoint/1"
 MODEL, METADATA = "model.safetensors", "metadata.json"
@@ -161,8 +162,12 @@ class Checkpoint:
         return self.network.covariance() if isinstance(self.network, S1Head) else None
 
     def velocity(self, max_batch: int = 256) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """The network as a numpy velocity callable for `grouplat.decode` / `encode`."""
-        return numpy_velocity(self.network, max_batch=max_batch)
+        """The network as a numpy velocity callable for `grouplat.decode` / `encode` (a headed
+        model's S1 phase on its head alone, as served: `S1PhaseVelocity`)."""
+        velocity = numpy_velocity(self.network, max_batch=max_batch)
+        if not isinstance(self.network, S1Head):
+            return velocity
+        return S1PhaseVelocity(velocity, numpy_velocity(S1HeadAlone(self.network), max_batch=max_batch))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -17,6 +17,7 @@ MODELS = (*ORCHESTRATORS, VELOCITY)
 
 # ---- tensors ------------------------------------------------------------------------------
 X_T, LEVELS, U = "X_T", "LEVELS", "U"  # velocity: [B, C, H, W], [B, k] → [B, C, H, W] (FP32)
+S1_HEAD_FILE = "s1_head.onnx"  # beside a headed model's velocity: S1's phase alone (S1PhaseVelocity)
 IMAGE, LATENT = "IMAGE", "LATENT"  # [B, C, H, W] in [-1, 1]; [B, C, H·W] (FP32)
 IMAGE_A, IMAGE_B, GROUPS = "IMAGE_A", "IMAGE_B", "GROUPS"  # mix: two images, BOOL [B, k]
 FINGERPRINT = "FINGERPRINT"  # optional decode input, BYTES [B, 1]: the latent's model

@@ -32,7 +32,7 @@ from grouplat.serving.engines import (
     succeeded,
 )
 from grouplat.settings import GenerationSettings
-from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
+from grouplat.solvers import NFE_PER_STEP, S1PhaseVelocity, Velocity, decode, encode
 
 IMAGE_RANGE_SLACK = 1e-3  # images are in [-1, 1]; allow rounding from uint8 conversions
 DEFAULTS_FILE = "defaults.json"  # in a version directory: its default schedule, steps, solver (export)
@@ -262,6 +262,9 @@ def orchestrator_from_triton(
         velocity = OnnxVelocity(onnx, threads, spinning, params.get(c.DEVICE_PARAM, "cpu"), device_id)
     else:
         raise ValueError(f"velocity_call must be one of {c.CALL_MODES}, got {mode!r}")
+    s1_head = model_dir.parent / velocity_model / version / c.S1_HEAD_FILE
+    if s1_head.is_file():  # a headed model: S1's phase on the head alone, in this process
+        velocity = S1PhaseVelocity(velocity, OnnxVelocity(s1_head, int(params.get(c.THREADS_PARAM, "1"))))
     defaults = GenerationSettings(
         params[c.SOLVER_PARAM],
         int(params[c.STEPS_PARAM]),
