@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grouplat.settings import DEFAULT_ENCODE_GROUP_STEPS, DEFAULT_GROUP_STEPS
+from grouplat.settings import (
+    DEFAULT_ENCODE_GROUP_STEPS,
+    DEFAULT_ENCODE_STEPS,
+    DEFAULT_GROUP_STEPS,
+    DEFAULT_STEPS,
+    HEADED_ENCODE_GROUP_STEPS,
+    HEADED_GROUP_STEPS,
+)
 from grouplat.solvers import SOLVERS
 
 
@@ -51,23 +58,30 @@ def register(subparsers: Any) -> None:
         help="how encode/decode/mix call the engine: in-process (ONNX Runtime; with --engine torch "
         "the torch engine, the whole ODE on its device), or BLS through the velocity model",
     )
-    p.add_argument("--steps", type=int, default=d.steps, help="default ODE steps per decode request")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="default ODE steps per request, both directions unless --encode-steps; default: the model's "
+        f"(a decode of {DEFAULT_STEPS} {list(DEFAULT_GROUP_STEPS)} and an encode of {DEFAULT_ENCODE_STEPS} "
+        f"{list(DEFAULT_ENCODE_GROUP_STEPS)} for 4 groups; with an S1 head, whose steps run on the head "
+        f"alone, {sum(HEADED_GROUP_STEPS)} {list(HEADED_GROUP_STEPS)} and {sum(HEADED_ENCODE_GROUP_STEPS)} "
+        f"{list(HEADED_ENCODE_GROUP_STEPS)})",
+    )
     p.add_argument(
         "--encode-steps",
         type=int,
-        help=f"default ODE steps per encode (mix: its two encodes); default {d.encode_steps} when --steps "
-        "is left at its default, else --steps",
+        help="default ODE steps per encode (mix: its two encodes); default: see --steps",
     )
     p.add_argument("--solver", choices=SOLVERS, default=d.solver, help="default solver")
     p.add_argument(
         "--generate-schedule",
-        help="default generation (decode) schedule (cut points); default: the measured split "
-        f"{list(DEFAULT_GROUP_STEPS)} for 4 groups, else the training schedule",
+        help="default generation (decode) schedule (cut points); default: the measured split for 4 groups "
+        "(see --steps), else the training schedule",
     )
     p.add_argument(
         "--encode-schedule",
-        help="default encode schedule (cut points); default: the measured split "
-        f"{list(DEFAULT_ENCODE_GROUP_STEPS)} for 4 groups, else the generation schedule",
+        help="default encode schedule (cut points); default: the measured split for 4 groups "
+        "(see --steps), else the generation schedule",
     )
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="velocity engine's max batch")
     p.add_argument("--request-batch", type=int, default=d.request_batch, help="max images per request")
@@ -120,7 +134,6 @@ def run(args: argparse.Namespace) -> int:
     from grouplat.training.checkpoint import load_checkpoint
 
     started = time.perf_counter()
-    defaults = ServingOptions()
     options = ServingOptions(
         engine=args.engine,
         device=args.device or ("gpu" if args.engine == "tensorrt" else host_device()),
@@ -129,8 +142,7 @@ def run(args: argparse.Namespace) -> int:
         generate_schedule=args.generate_schedule,
         encode_schedule=args.encode_schedule,
         steps=args.steps,
-        encode_steps=args.encode_steps
-        or (defaults.encode_steps if args.steps == defaults.steps else args.steps),
+        encode_steps=args.encode_steps,
         solver=args.solver,
         max_batch=args.max_batch,
         request_batch=args.request_batch,

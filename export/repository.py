@@ -35,7 +35,7 @@ def default_generate_schedule(info: ModelInfo, options: ServingOptions) -> Sched
     """The served default decode schedule: the option's, else the measured one (grouplat.settings)."""
     if options.generate_schedule is not None:
         return settings.parse_schedule(options.generate_schedule, info.space.k, "generation schedule")
-    return settings.default_generate_schedule(info.space.k, info.train_schedule)
+    return settings.default_generate_schedule(info.space.k, info.train_schedule, info.headed)
 
 
 def default_encode_schedule(info: ModelInfo, options: ServingOptions) -> Schedule:
@@ -45,7 +45,7 @@ def default_encode_schedule(info: ModelInfo, options: ServingOptions) -> Schedul
         return settings.parse_schedule(options.encode_schedule, info.space.k, "encode schedule")
     if options.generate_schedule is not None:
         return default_generate_schedule(info, options)
-    return settings.default_encode_schedule(info.space.k, info.train_schedule)
+    return settings.default_encode_schedule(info.space.k, info.train_schedule, info.headed)
 
 
 def write_repository(
@@ -65,6 +65,7 @@ def write_repository(
     weights the PyTorch engine loads (`engine: torch`); `s1_head` a headed model's S1 head alone
     (ONNX), which the orchestrators run S1's phase on (`S1PhaseVelocity`), whatever the engine.
     """
+    options = options.resolved(info)
     options.check(info.space.k)
     if options.engine == "tensorrt" and plan is None:
         raise ValueError("engine tensorrt needs a TensorRT plan")

@@ -84,6 +84,11 @@ class ModelInfo:
                 raise ValueError(f"S1's covariance must be a finite symmetric [{size}, {size}] matrix")
             object.__setattr__(self, "s1_covariance", cov)
 
+    @property
+    def headed(self) -> bool:
+        """The model has an S1 head (its S1 covariance is known): S1's phase runs on the head alone."""
+        return self.s1_covariance is not None
+
     def solve_args(
         self,
         schedule: Schedule,

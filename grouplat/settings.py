@@ -29,6 +29,13 @@ DEFAULT_GROUP_STEPS = (10, 5, 5, 4)  # decode (generation), S1..S4
 DEFAULT_ENCODE_GROUP_STEPS = (16, 8, 6, 6)
 DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 24: the decode's
 DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
+# A model with an S1 head solves S1's phase on the head alone (solvers.S1PhaseVelocity, ~1% of the
+# image network's cost), so S1 gets many steps and the image network's evaluations all go to S2..S4:
+# a decode of 24 network evaluations [8, 8, 8] plus 32 head steps, an encode of 24 plus 128 (S1's
+# latents follow the head: 16 S1 steps gave held-out S1 std 0.78 / max |corr| 0.26, 128 give
+# 0.84 / 0.19). On models/shapes32, even knots: one-way 48.3 dB (docs/solvers.md).
+HEADED_GROUP_STEPS = (32, 8, 8, 8)
+HEADED_ENCODE_GROUP_STEPS = (128, 8, 8, 8)
 DEFAULT_SPACING = "tau"
 MAX_STEPS = 4096  # per request; the server may bound the cost further
 MAX_SCHEDULE_TEXT = 2000  # characters of a schedule given as text
@@ -232,14 +239,28 @@ def _integer(value: Any, name: str, k: int) -> Any:
     return int(text)
 
 
-def default_generate_schedule(k: int, train: Schedule | None = None) -> Schedule:
+def default_steps(k: int, headed: bool = False) -> tuple[int, int]:
+    """The served default total steps (decode, encode) of a model with k groups, and an S1 head
+    when `headed` (HEADED_GROUP_STEPS, for four groups).
+
+    Example:
+        >>> default_steps(4), default_steps(4, headed=True), default_steps(3, headed=True)
+        ((24, 36), (56, 152), (24, 36))
+    """
+    if headed and k == len(HEADED_GROUP_STEPS):
+        return sum(HEADED_GROUP_STEPS), sum(HEADED_ENCODE_GROUP_STEPS)
+    return DEFAULT_STEPS, DEFAULT_ENCODE_STEPS
+
+
+def default_generate_schedule(k: int, train: Schedule | None = None, headed: bool = False) -> Schedule:
     """The default generation (decode) schedule: for four groups the measured split
-    (DEFAULT_GROUP_STEPS, in place of the paper's 0.1,0.2,0.3), else the training schedule when
-    given, else even cuts.
+    (DEFAULT_GROUP_STEPS, HEADED_GROUP_STEPS with an S1 head; in place of the paper's
+    0.1,0.2,0.3), else the training schedule when given, else even cuts.
 
     Args:
         k: the model's number of groups.
         train: the model's training schedule, returned as is when k ≠ 4; None: even cuts.
+        headed: the model has an S1 head (S1's steps are almost free: `default_steps`).
 
     Returns:
         The schedule.
@@ -248,18 +269,18 @@ def default_generate_schedule(k: int, train: Schedule | None = None) -> Schedule
         >>> [default_generate_schedule(k).cuts for k in (4, 3, 1)]
         ['0.166667,0.375,0.583333', '0.333333,0.666667', '-']
     """
-    return _default(k, train, DEFAULT_GROUP_STEPS)
+    return _default(k, train, HEADED_GROUP_STEPS if headed else DEFAULT_GROUP_STEPS)
 
 
-def default_encode_schedule(k: int, train: Schedule | None = None) -> Schedule:
-    """The default encode schedule: for four groups the measured split DEFAULT_ENCODE_GROUP_STEPS,
-    otherwise the same as `default_generate_schedule`.
+def default_encode_schedule(k: int, train: Schedule | None = None, headed: bool = False) -> Schedule:
+    """The default encode schedule: for four groups the measured split DEFAULT_ENCODE_GROUP_STEPS
+    (HEADED_ENCODE_GROUP_STEPS with an S1 head), otherwise the same as `default_generate_schedule`.
 
     Example:
         >>> default_encode_schedule(4).cuts
         '0.166667,0.333333,0.555556'
     """
-    return _default(k, train, DEFAULT_ENCODE_GROUP_STEPS)
+    return _default(k, train, HEADED_ENCODE_GROUP_STEPS if headed else DEFAULT_ENCODE_GROUP_STEPS)
 
 
 def _default(k: int, train: Schedule | None, split: tuple[int, ...]) -> Schedule:

@@ -125,3 +125,44 @@ def test_served_s1_steps_never_reach_the_velocity_model(headed: Path, tmp_path: 
 
 def velocity_calls(client: grpcclient.InferenceServerClient) -> int:
     return int(client.get_inference_statistics("velocity").model_stats[0].inference_stats.success.count)
+
+
+def test_s1_steps_are_free_in_the_budget_the_defaults_and_the_evaluation(headed: Path) -> None:
+    from grouplat.export.repository import ServingOptions
+    from grouplat.serving.orchestration import Orchestrator
+    from grouplat.settings import GenerationSettings
+    from grouplat.tools.evaluation.cli import Engine, load_model
+
+    checkpoint = load_checkpoint(headed)
+    info = ModelInfo(checkpoint.fingerprint, SPACE, checkpoint.schedule, True, checkpoint.data_mean,
+                     checkpoint.data_std, {}, checkpoint.s1_covariance)  # fmt: skip
+    whole = numpy_velocity(checkpoint.network)
+    defaults = GenerationSettings(steps=12, schedule=grouplat.Schedule.from_steps([6, 3, 3]).text)
+    split = Orchestrator(info, S1PhaseVelocity(whole, whole), defaults)
+    plain = Orchestrator(info, whole, defaults)
+    settings = split.defaults  # 12 steps [6, 3, 3]: S1's 6 on the head
+    assert plain.cost("decode", 2, settings) == 24 and split.cost("decode", 2, settings) == 12
+    assert split.cost("mix", 1, settings) == 18
+
+    # served defaults: a headed model with four groups gets S1-heavy splits, others keep theirs
+    space4 = grouplat.LatentSpace((3, 16, 16), "dct", (10, 30, 100))
+    stats = np.zeros(space4.latent_shape, np.float32), np.ones(space4.latent_shape, np.float32)
+    size = 3 * len(space4.indices(1))
+    four = grouplat.Schedule.from_cuts("0.6,0.8,0.9")
+    headed4 = ModelInfo(checkpoint.fingerprint, space4, four, True, *stats, {}, np.eye(size))
+    plain4 = ModelInfo(checkpoint.fingerprint, space4, four, True, *stats)
+    assert (ServingOptions().resolved(headed4).steps, ServingOptions().resolved(headed4).encode_steps) == (
+        56,
+        152,
+    )
+    assert (ServingOptions().resolved(plain4).steps, ServingOptions().resolved(plain4).encode_steps) == (
+        24,
+        36,
+    )
+    assert ServingOptions(steps=30).resolved(headed4).encode_steps == 30
+
+    # the evaluation's NFE counts network evaluations: S1's steps come on top
+    model = load_model(str(headed), "headed", Engine("onnx", 1))
+    schedule = grouplat.Schedule.from_steps([6, 3, 3])
+    assert model.steps(6, "gei2pc", schedule) == 12 and model.steps(6, "heun", schedule) == 6
+    assert model.steps(None, "gei2pc", schedule, "encode") == model.served[1] == 36

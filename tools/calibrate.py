@@ -27,7 +27,7 @@ import numpy as np
 
 import grouplat
 from grouplat import knots as calibrated
-from grouplat.settings import DEFAULT_ENCODE_STEPS, DEFAULT_SOLVER, DEFAULT_STEPS, MAX_STEPS
+from grouplat.settings import DEFAULT_SOLVER, MAX_STEPS
 from grouplat.solvers import SOLVERS, allocate_steps
 from grouplat.tools.evaluation.metrics import psnr
 
@@ -44,11 +44,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint or run directory (knots.json is written there)")
     p.add_argument("--solver", default=DEFAULT_SOLVER, help=f"solver (default {DEFAULT_SOLVER})")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"decode steps (default {DEFAULT_STEPS})")
     p.add_argument(
-        "--encode-steps",
+        "--steps",
         type=int,
-        help=f"encode steps (default {DEFAULT_ENCODE_STEPS} when --steps is at its default, else --steps)",
+        help="decode steps (default: the model's served ones, grouplat.settings.default_steps)",
+    )
+    p.add_argument(
+        "--encode-steps", type=int, help="encode steps (default: --steps if given, else the model's)"
     )
     p.add_argument("--passes", type=int, help=f"search passes (default {FULL['passes']})")
     p.add_argument(
@@ -70,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.encode_steps is None:
-        args.encode_steps = DEFAULT_ENCODE_STEPS if args.steps == DEFAULT_STEPS else args.steps
+        args.encode_steps = args.steps
     problem = (
         f"unknown solver {args.solver!r}: expected one of {', '.join(SOLVERS)}" if args.solver not in SOLVERS
         else f"--steps and --encode-steps must be in 1..{MAX_STEPS}, got {args.steps} and {args.encode_steps}"
-        if not (1 <= args.steps <= MAX_STEPS and 1 <= args.encode_steps <= MAX_STEPS)
+        if not all(1 <= n <= MAX_STEPS for n in (args.steps, args.encode_steps) if n is not None)
         else f"--passes, --latents and --reference must be positive, got {args.passes}, {args.latents}, "
         f"{args.reference}" if min(args.passes, args.latents, args.reference) < 1
         else None
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
             model = load_model(args.checkpoint, "model", Engine("onnx", args.threads))
         except ValueError as error:
             problem = str(error)
-    if problem is None:
+    if problem is None:  # the model's served steps where not given
+        args.steps, args.encode_steps = args.steps or model.served[0], args.encode_steps or model.served[1]
         try:
             decode_split = allocate_steps(model.generate, args.steps).tolist()
             encode_split = allocate_steps(model.encoding or model.generate, args.encode_steps).tolist()

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     info = model_info(checkpoint)
     onnx_model, s1_head, _ = export_engines(checkpoint.network, info)
     steps = args.steps or (8 if args.quick else None)  # given: both directions; else the served pair
-    options = ServingOptions(steps=steps, encode_steps=steps) if steps else ServingOptions()
+    options = ServingOptions(steps=steps).resolved(info)
     with tempfile.TemporaryDirectory() as scratch:
         repository = Path(scratch) / "repository"
         write_repository(repository, info, onnx_model, options, s1_head=s1_head)
@@ -273,7 +273,7 @@ def quadrant_figure(path: str, n: int) -> np.ndarray:
 
     model = load_checkpoint(path)
     space, engine = model.space, onnx_velocity(model)
-    schedule = default_generate_schedule(space.k, model.schedule)
+    schedule = default_generate_schedule(space.k, model.schedule, model.s1_covariance is not None)
     z = np.random.default_rng(7).standard_normal((n, *space.latent_shape)).astype(np.float32)
     solve: dict[str, Any] = dict(space=space, schedule=schedule, steps=[8] * space.k, solver="gei2m",
                  std=model.data_std, mean=model.data_mean, hide=model.hide)  # fmt: skip

@@ -9,7 +9,7 @@ clients read them through ModelConfig.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from grouplat.modelinfo import ModelInfo
 from grouplat.serving import contract as c
 from grouplat.serving.engines import DEVICES
-from grouplat.settings import DEFAULT_ENCODE_STEPS, DEFAULT_SOLVER, DEFAULT_STEPS
+from grouplat.settings import DEFAULT_SOLVER, default_steps
 from grouplat.solvers import SOLVERS
 
 ENGINES = ("python", "onnx", "tensorrt", "torch")
@@ -39,8 +39,8 @@ class ServingOptions:
     velocity_call: str = "inprocess"  # how orchestrators call the engine: inprocess or bls
     generate_schedule: str | None = None  # default decode schedule; None: the measured one for k=4
     encode_schedule: str | None = None  # default encode schedule; None: the measured one for k=4
-    steps: int = DEFAULT_STEPS  # default steps per request (a decode's)
-    encode_steps: int | None = DEFAULT_ENCODE_STEPS  # an encode's default steps; None: `steps`
+    steps: int | None = None  # default steps per request (a decode's); None: the model's (settings)
+    encode_steps: int | None = None  # an encode's default steps; None: `steps` if given, else the model's
     solver: str = DEFAULT_SOLVER
     max_batch: int = 64  # velocity engine's max batch (BLS merges steps of several requests)
     request_batch: int = 8  # orchestrators' max images per request
@@ -54,6 +54,14 @@ class ServingOptions:
     max_cost: int = 4096  # per request: network evaluations × images (mix counts three solves)
     scheduling: str = "step"  # step: one loop batches every request's steps; request: one solve per execute
     cache_bytes: int = 64 << 20  # the step loop's phase-end cache per model instance (0: off)
+
+    def resolved(self, info: ModelInfo) -> ServingOptions:
+        """These options with the model's default steps where they are None
+        (`grouplat.settings.default_steps`: more for a model with an S1 head)."""
+        decode, encode = default_steps(info.space.k, info.headed)
+        if self.steps is not None:
+            decode = encode = self.steps
+        return replace(self, steps=decode, encode_steps=self.encode_steps or encode)
 
     def check(self, k: int) -> None:
         """Raises ValueError for options that cannot work together (or for this model's k groups)."""
@@ -75,7 +83,7 @@ class ServingOptions:
             raise ValueError(
                 "in-process velocity calls run ONNX Runtime or torch; use --velocity-call bls with tensorrt"
             )
-        if min(self.steps, self.encode_steps or self.steps) < k:
+        if min(self.steps or k, self.encode_steps or self.steps or k) < k:
             raise ValueError(f"default steps and encode steps must be at least the number of groups ({k})")
         if self.scheduling not in ("step", "request"):
             raise ValueError(f"unknown scheduling {self.scheduling!r}: expected step or request")

@@ -32,7 +32,7 @@ from grouplat.serving.engines import (
     succeeded,
 )
 from grouplat.settings import GenerationSettings
-from grouplat.solvers import NFE_PER_STEP, S1PhaseVelocity, Velocity, decode, encode
+from grouplat.solvers import NFE_PER_STEP, S1PhaseVelocity, Velocity, allocate_steps, decode, encode
 
 IMAGE_RANGE_SLACK = 1e-3  # images are in [-1, 1]; allow rounding from uint8 conversions
 DEFAULTS_FILE = "defaults.json"  # in a version directory: its default schedule, steps, solver (export)
@@ -150,14 +150,21 @@ class Orchestrator:
             )
         return inputs, settings
 
-    @staticmethod
-    def cost(operation: str, images: int, settings: GenerationSettings) -> int:
-        """Network evaluations × images of one request (mix: two encodes and a decode)."""
-        encode, decode = settings.encoding().steps, settings.steps
+    def cost(self, operation: str, images: int, settings: GenerationSettings) -> int:
+        """Network evaluations × images of one request (mix: two encodes and a decode). A headed
+        model's steps in S1's phase run on the head alone (`S1PhaseVelocity`): they count as none."""
+        encode, decode = (self.network_steps(s) for s in (settings.encoding(), settings))
         steps = {c.ENCODE: encode, c.DECODE: decode, c.MIX: 2 * encode + decode}[
             c.STREAMS.get(operation, operation)
         ]
         return images * steps * NFE_PER_STEP[settings.solver]
+
+    def network_steps(self, settings: GenerationSettings) -> int:
+        """The steps of one direction's solve that call the whole network."""
+        schedule = settings.generation_schedule(self.space.k)
+        if not isinstance(self.velocity, S1PhaseVelocity) or not schedule.hidden[0, 1:].all():
+            return settings.steps
+        return settings.steps - int(allocate_steps(schedule, settings.steps)[0])
 
     def run(
         self,

@@ -43,7 +43,7 @@ def bench_net(net: Net, variants: dict[str, dict[str, Any]], args: argparse.Name
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     options = {
-        name: replace(ServingOptions(steps=args.steps, solver=args.solver), **overrides)
+        name: replace(ServingOptions(steps=args.steps, solver=args.solver), **overrides).resolved(info)
         for name, overrides in variants.items()
     }
     schedule = default_generate_schedule(info, ServingOptions())
@@ -102,6 +102,7 @@ def bench_net(net: Net, variants: dict[str, dict[str, Any]], args: argparse.Name
     median = {name: float(np.median(values)) for name, values in samples.items()}
     served: dict[str, Any] = {}
     for name, o in options.items():
+        assert o.steps is not None  # resolved
         nfe = o.steps * NFE_PER_STEP[o.solver]
         forward = median[_forward(o.threads, o.spinning)]
         latency = {op: median[f"served {op}, {name}"] for op in OPERATIONS}

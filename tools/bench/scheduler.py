@@ -53,6 +53,8 @@ def bench_scheduler(
     from grouplat.serving.server import EmbeddedServer
 
     base = ServingOptions() if instances is None else ServingOptions(orchestrator_instances=instances)
+    base = base.resolved(net.info)
+    assert base.steps is not None  # resolved
     options = {
         "steps": base.steps,
         "solver": base.solver,
@@ -203,7 +205,8 @@ def _decode_uncached(net: Net, latents: np.ndarray) -> np.ndarray:
     from grouplat.export.repository import ServingOptions, default_generate_schedule
     from grouplat.serving.engines import OnnxVelocity
 
-    options = ServingOptions()
+    options = ServingOptions().resolved(net.info)
+    assert options.steps is not None  # resolved
     schedule = default_generate_schedule(net.info, options)
     solve = net.info.solve_args(schedule, options.steps, options.solver)
     return grouplat.decode(OnnxVelocity(net.onnx, options.threads), latents, **solve)

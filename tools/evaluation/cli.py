@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from grouplat.schedule import Schedule
-from grouplat.settings import default_encode_schedule, default_generate_schedule
+from grouplat.settings import default_encode_schedule, default_generate_schedule, default_steps
 from grouplat.solvers import Velocity, chunked
 from grouplat.tools.evaluation import measure, metrics
 from grouplat.tools.evaluation.measure import FULL, QUICK, Budget, Model
@@ -118,11 +118,13 @@ def load_model(path: str, name: str, engine: Engine, schedule: str | None = None
     if schedule:  # one schedule for both directions
         generate = encoding = Schedule.parse(schedule, ckpt.space.k)
     else:  # the served pair
-        generate = default_generate_schedule(ckpt.space.k, ckpt.schedule)
-        encoding = default_encode_schedule(ckpt.space.k, ckpt.schedule)
+        headed = ckpt.s1_covariance is not None
+        generate = default_generate_schedule(ckpt.space.k, ckpt.schedule, headed)
+        encoding = default_encode_schedule(ckpt.space.k, ckpt.schedule, headed)
     return Model(
         name, str(ckpt.path), ckpt.fingerprint, ckpt.space, ckpt.schedule, generate, chunked(velocity, CHUNK),
         ckpt.data_mean, ckpt.data_std, ckpt.hide, encoding, ckpt.knots, ckpt.s1_covariance,
+        default_steps(ckpt.space.k, ckpt.s1_covariance is not None),
     )  # fmt: skip
 
 

@@ -23,7 +23,6 @@ from grouplat.space import LatentSpace
 from grouplat.tools.evaluation import metrics
 
 DEFAULT_NFE = DEFAULT_STEPS * NFE_PER_STEP[DEFAULT_SOLVER]  # a decode's
-DEFAULT_ENCODE_NFE = DEFAULT_ENCODE_STEPS * NFE_PER_STEP[DEFAULT_SOLVER]
 
 
 @dataclass(frozen=True)
@@ -35,10 +34,10 @@ class Budget:
     reference: int = 4  # one-way reference: GEI-2m at this × the largest NFE
     latents: int = 1000  # held-out images encoded for statistics and disentanglement
     solver: str = DEFAULT_SOLVER  # the served default: latents, leakage, Fig. 5 and Table 1 use it
-    encode_nfe: int = DEFAULT_ENCODE_NFE  # for those latents and Fig. 5
-    decode_nfe: int = DEFAULT_NFE  # for leakage and Fig. 5
+    encode_nfe: int | None = None  # for those latents and Fig. 5; None: each model's served encode
+    decode_nfe: int | None = None  # for leakage and Fig. 5; None: each model's served decode
     samples: int = 512  # generated images per Table-1 cell
-    sample_nfe: int = DEFAULT_NFE  # Table 1
+    sample_nfe: int = DEFAULT_NFE  # Table 1: network evaluations (a headed model's S1 steps on top)
     classifier: int = 4000  # real images to train the shape classifier on
     classifier_iter: int = 300
 
@@ -67,27 +66,51 @@ class Model:
     encoding: Schedule | None = None  # the encode's schedule; None: `generate`
     knots: dict = field(default_factory=dict)  # calibrated knots (grouplat.knots), as served
     s1_covariance: np.ndarray | None = None  # S1's full covariance (an S1 head), as served
+    served: tuple[int, int] = (DEFAULT_STEPS, DEFAULT_ENCODE_STEPS)  # default steps: decode, encode
 
-    def _solve(self, solver: str, nfe: int, schedule: Schedule | None, direction: str = "decode") -> dict:
+    def steps(self, nfe: int | None, solver: str, schedule: Schedule, direction: str = "decode") -> int:
+        """The steps of a solve that makes `nfe` network evaluations (None: the served default
+        steps of `direction`). A headed model's S1 phase runs on its head alone (about 1% of a
+        network evaluation, `S1PhaseVelocity`): S1's steps, its share of `schedule`, come on top."""
+        if nfe is None:
+            return self.served[direction == "encode"]
         steps = nfe // NFE_PER_STEP[solver]
+        if self.s1_on_head(schedule):
+            steps = round(steps / (1 - float(schedule.end[0] - schedule.start[0])))
+        return steps
+
+    def s1_on_head(self, schedule: Schedule) -> bool:
+        """S1's phase runs on the S1 head alone: a headed model, every other group hidden then."""
+        return self.s1_covariance is not None and self.hide and bool(schedule.hidden[0, 1:].all())
+
+    def _solve(
+        self, solver: str, nfe: int | None, schedule: Schedule | None, direction: str = "decode"
+    ) -> dict:
+        schedule = schedule or (self.encoding or self.generate if direction == "encode" else self.generate)
+        steps = self.steps(nfe, solver, schedule, direction)
         if steps < self.space.k:
             raise ValueError(f"{nfe} NFE with {solver} cannot cover {self.space.k} groups")
-        schedule = schedule or self.generate
         return dict(
             velocity=self.velocity, space=self.space, schedule=schedule, steps=steps,
             solver=solver, std=self.std, mean=self.mean, hide=self.hide, s1_covariance=self.s1_covariance,
             knots=calibrated.lookup(self.knots, direction, schedule, steps, solver, "tau"),
         )  # fmt: skip
 
-    def encode(self, images: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER) -> np.ndarray:
-        return encode(images=images, **self._solve(solver, nfe, self.encoding, "encode"))
+    def encode(self, images: np.ndarray, nfe: int | None, solver: str = DEFAULT_SOLVER) -> np.ndarray:
+        return encode(images=images, **self._solve(solver, nfe, None, "encode"))
 
     def decode(
-        self, latents: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER, schedule: Schedule | None = None
+        self,
+        latents: np.ndarray,
+        nfe: int | None,
+        solver: str = DEFAULT_SOLVER,
+        schedule: Schedule | None = None,
     ) -> np.ndarray:
         return decode(latents=latents, **self._solve(solver, nfe, schedule))
 
-    def decode_coefficients(self, latents: np.ndarray, nfe: int, solver: str = DEFAULT_SOLVER) -> np.ndarray:
+    def decode_coefficients(
+        self, latents: np.ndarray, nfe: int | None, solver: str = DEFAULT_SOLVER
+    ) -> np.ndarray:
         """The decoded image's basis coefficients [B, C, H·W], as the solver ends (no round-off from
         the basis transforms)."""
         states: list[np.ndarray] = []
@@ -107,6 +130,7 @@ class Model:
             "generate_schedule": self.generate.describe(),
             "encode_schedule": (self.encoding or self.generate).describe(),
             "calibrated_knots": ", ".join(sorted(self.knots)) or "none (even)",
+            "served_steps": {"decode": self.served[0], "encode": self.served[1]},
             "hide": self.hide,
         }
 

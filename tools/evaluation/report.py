@@ -35,6 +35,10 @@ def markdown(report: dict) -> str:
                        ("calibrated_knots", "calibrated knots"), ("hide", "hidden groups")):  # fmt: skip
         rows.append([label, *(report["models"][n].get(key, "-") for n in names)])
     rows.append(["groups", *(report["models"][n]["space"]["groups"] or "one" for n in names)])
+    served = [report["models"][n].get("served_steps") for n in names]
+    rows.append(
+        ["served steps", *(f"decode {s['decode']}, encode {s['encode']}" if s else "-" for s in served)]
+    )
     rows.append(["fingerprint", *(report["models"][n]["fingerprint"][:16] for n in names)])
     out += ["## Models", _table(["", *names], rows)]
     out.append(
@@ -67,7 +71,7 @@ def markdown(report: dict) -> str:
     out += [
         "## Group leakage",
         f"Resample group Sj of {budget['images']} held-out latents, "
-        f"decode ({budget['solver']}, {budget['decode_nfe']} NFE): "
+        f"decode ({budget['solver']}, {_cost(budget['decode_nfe'])}): "
         "RMS change of each coarser group Si's coefficients ÷ RMS change of Sj's. The baseline is probed "
         "on the same coefficient index sets. docs/design.md §1: coarser groups should not move.",
         _table(["perturbed", "coarser group", *names], rows),
@@ -82,7 +86,7 @@ def markdown(report: dict) -> str:
     out += [
         "## Latent statistics",
         f"{stats[names[0]]['count']} held-out images encoded ({budget['solver']}, "
-        f"{budget['encode_nfe']} NFE). Per group: "
+        f"{_cost(budget['encode_nfe'])}). Per group: "
         f"mean |mean| of its elements; std mean (min–max). Remark 2.1 expects N(0, I). The largest |corr| "
         f"among the {report['s1_numbers']} S1 numbers of N(0, I) samples of the same size is {null:.3g} "
         "(the sampling-noise floor).",
@@ -99,7 +103,7 @@ def markdown(report: dict) -> str:
     ]  # fmt: skip
     out += [
         f"The model's own samples: {own[names[0]]['count']} N(0, I) latents decoded ({budget['solver']}, "
-        f"{budget['decode_nfe']} NFE) and encoded again: on the model's own distribution Remark 2.1's "
+        f"{_cost(budget['decode_nfe'])}) and encoded again: on the model's own distribution Remark 2.1's "
         "N(0, I) must hold up to solver error, whatever the model has learned. Max |corr| floor at "
         f"this size: {own[names[0]]['s1_null_max_abs_corr']:.3g}.",
         _table(["group", *names], rows),
@@ -143,7 +147,7 @@ def markdown(report: dict) -> str:
     out += [
         "## Reconstruction from the first m coefficients (Fig. 5), PSNR (dB)",
         f"Latent: keep the first m per channel, the rest 0, decode ({budget['solver']}, "
-        f"{budget['decode_nfe']} NFE); "
+        f"{_cost(budget['decode_nfe'])}); "
         "`dct`: plain truncation of the image's coefficients (the rest at the data mean). "
         "m = all is the round trip at these settings.",
         _table(["m per channel", *columns], rows),
@@ -170,3 +174,8 @@ def markdown(report: dict) -> str:
 
 def _stat(group: dict) -> str:
     return f"{group['abs_mean']:.3f}; {group['std_mean']:.3f} ({group['std_min']:.2f}–{group['std_max']:.2f})"
+
+
+def _cost(nfe: int | None) -> str:
+    """A solve's cost as the budget gives it: NFE, or each model's served default steps."""
+    return "each model's served default steps" if nfe is None else f"{nfe} NFE"
