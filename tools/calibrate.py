@@ -153,8 +153,12 @@ def calibrate(
         )  # fmt: skip
         for z in (fit, check)
     ]
-    decode_knots, _ = calibrate_knots(lambda k: psnr(decode(fit, k), samples[0]), decode_split, passes)
-    encode_knots, _ = calibrate_knots(lambda k: round_trip(samples[0], k, decode_knots), encode_split, passes)
+    # a headed model's S1 steps run on the head alone: many, and cheap; their knots stay even
+    even = [0] if model.s1_on_head(model.generate) else []
+    decode_knots, _ = calibrate_knots(lambda k: psnr(decode(fit, k), samples[0]), decode_split, passes, even)
+    encode_knots, _ = calibrate_knots(
+        lambda k: round_trip(samples[0], k, decode_knots), encode_split, passes, even
+    )
     return {
         "knots": {
             calibrated.key("decode", solver, "tau", decode_split): [k.tolist() for k in decode_knots],
@@ -200,7 +204,10 @@ def _existing(path: str, fingerprint: str) -> calibrated.Table:
 
 
 def calibrate_knots(
-    score: Callable[[list[np.ndarray]], float], steps: Sequence[int], passes: int = 3
+    score: Callable[[list[np.ndarray]], float],
+    steps: Sequence[int],
+    passes: int = 3,
+    even: Sequence[int] = (),
 ) -> tuple[list[np.ndarray], float]:
     """Inner knots per phase that maximise `score`, by coordinate search from the even spacing.
 
@@ -215,6 +222,8 @@ def calibrate_knots(
             decode's PSNR against a reference.
         steps: the split, one count per group (S1 first).
         passes: sweeps over every knot.
+        even: groups (0 = S1) whose knots stay evenly spaced: a headed model's S1, whose many
+            steps on the head alone would multiply the search for little.
 
     Returns:
         (knots per group, their score).
@@ -224,12 +233,15 @@ def calibrate_knots(
         >>> knots, best = calibrate_knots(lambda k: -float(np.abs(k[0] - target).sum()), [3, 1], 8)
         >>> knots[0].round(1).tolist(), knots[1].tolist(), round(best, 1)
         ([0.1, 0.3], [], -0.0)
+        >>> kept, _ = calibrate_knots(lambda k: -float(np.abs(k[0] - target).sum()), [3, 1], 8, even=[0])
+        >>> kept[0].round(2).tolist()  # S1's knots stay even
+        [0.33, 0.67]
     """
     knots = [np.linspace(0.0, 1.0, int(n) + 1)[1:-1] for n in steps]
     best, move = score(knots), 0.4
     for _ in range(passes):
         for j, inner in enumerate(knots):
-            for i in range(len(inner)):
+            for i in range(0 if j in even else len(inner)):
                 for direction in (-1, 1):
                     edges = np.concatenate([[0.0], knots[j], [1.0]])
                     gap = edges[i + 1] - edges[i] if direction < 0 else edges[i + 2] - edges[i + 1]
