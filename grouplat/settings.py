@@ -11,7 +11,8 @@ from typing import Any
 from grouplat.schedule import Schedule
 from grouplat.solvers import SOLVERS, SPACINGS
 
-# The served defaults. Chosen by measurement (docs/solvers.md) on models/shapes32: GEI-2pc (GEI-2ab
+# The served defaults of a model without an S1 head (with one: HEADED_* below). Chosen by measurement
+# (docs/solvers.md) on models/shapes32 before S1's phase ran on its head: GEI-2pc (GEI-2ab
 # with UniPC's corrector, no extra evaluation), each direction with its own steps and split, and
 # each split's knots calibrated to the model (`grouplat calibrate`, grouplat.knots). A decode is
 # what a caller does often (samples, previews, variations, every edit): 24 steps [10, 5, 5, 4] decode
@@ -29,11 +30,13 @@ DEFAULT_GROUP_STEPS = (10, 5, 5, 4)  # decode (generation), S1..S4
 DEFAULT_ENCODE_GROUP_STEPS = (16, 8, 6, 6)
 DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 24: the decode's
 DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
-# A model with an S1 head solves S1's phase on the head alone (solvers.S1PhaseVelocity, ~1% of the
-# image network's cost), so S1 gets many steps and the image network's evaluations all go to S2..S4:
-# a decode of 24 network evaluations [8, 8, 8] plus 32 head steps, an encode of 24 plus 128 (S1's
-# latents follow the head: 16 S1 steps gave held-out S1 std 0.78 / max |corr| 0.26, 128 give
-# 0.84 / 0.19). On models/shapes32, even knots: one-way 48.3 dB (docs/solvers.md).
+# A model with an S1 head solves S1's phase on the head alone (solvers.S1PhaseVelocity, 2–5% of the image
+# network's cost in ONNX Runtime), so S1 gets many steps and the image network's evaluations all go to
+# S2..S4: a decode of 24 network evaluations [8, 8, 8] plus 32 head steps, an encode of 24 plus 128 (S1's
+# latents follow the head: 16 S1 steps gave held-out S1 std 0.78 / max |corr| 0.26, 128 give 0.84 / 0.19).
+# On models/shapes32, even knots: one-way 48.2 dB, round trip of 16 held-out images 49.1 (the split above,
+# calibrated: 41.2 and 39.4), at about the batch-1 latency the split above had with the whole network at
+# every step (docs/recipe.md, "S1's steps on the head alone").
 HEADED_GROUP_STEPS = (32, 8, 8, 8)
 HEADED_ENCODE_GROUP_STEPS = (128, 8, 8, 8)
 DEFAULT_SPACING = "tau"

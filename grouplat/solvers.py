@@ -42,7 +42,7 @@ DEFAULT_STD_RANGE = (0.1, 10.0)  # coefficient std range assumed by `tau` spacin
 
 class S1PhaseVelocity:
     """A headed model's velocity in two engines: rows whose every group but S1 is hidden (S1's
-    phase) go to the S1 head alone (`grouplat.training.networks.S1HeadAlone`, about 1% of the
+    phase) go to the S1 head alone (`grouplat.training.networks.S1HeadAlone`, 1–5% of the
     image network's cost), the rest to the whole network. A hidden group's velocity is never
     used, so a solve reads exactly what the whole network would give, and S1's steps cost almost
     nothing. The head takes numpy arrays (it runs on the host); a device state's rows travel there

@@ -404,7 +404,7 @@ class S1Head(nn.Module):
 
 class S1HeadAlone(nn.Module):
     """A headed model's velocity where every group but S1 is hidden: S1's from the head, zeros
-    for the rest, without the image network (about 1% of its cost on shapes32).
+    for the rest, without the image network (1–5% of its cost on shapes32).
 
     While S1 is active every other group is hidden, and a hidden group's velocity is never used,
     so on those rows this equals the whole network in everything a solve reads

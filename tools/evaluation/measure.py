@@ -70,7 +70,7 @@ class Model:
 
     def steps(self, nfe: int | None, solver: str, schedule: Schedule, direction: str = "decode") -> int:
         """The steps of a solve that makes `nfe` network evaluations (None: the served default
-        steps of `direction`). A headed model's S1 phase runs on its head alone (about 1% of a
+        steps of `direction`). A headed model's S1 phase runs on its head alone (2–5% of a
         network evaluation, `S1PhaseVelocity`): S1's steps, its share of `schedule`, come on top."""
         if nfe is None:
             return self.served[direction == "encode"]
