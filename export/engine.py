@@ -80,8 +80,9 @@ def export_engines(network: torch.nn.Module, info: ModelInfo) -> tuple[bytes, by
     each checked against PyTorch (`check_parity`), and the larger parity error."""
     onnx_model = export_onnx(network, info)
     error = check_parity(network, onnx_model, info)
-    s1_head = export_s1_head(network, info)
-    if s1_head is not None and isinstance(network, S1Head):
+    s1_head = None
+    if isinstance(network, S1Head):
+        s1_head = export_onnx(S1HeadAlone(network), info)
         error = max(error, check_parity(S1HeadAlone(network), s1_head, info))
     return onnx_model, s1_head, error
 

@@ -389,13 +389,13 @@ class S1Head(nn.Module):
     def forward(self, x: torch.Tensor, levels: torch.Tensor, image_network: bool = True) -> torch.Tensor:
         """The velocity: S1's from the head, the other groups' from the wrapped image network, or
         zeros for them with `image_network=False` (`S1HeadAlone`)."""
+        state = self.basis.to_latent(x.float())
+        rest = self.s1_first[self.s1_size :]
         if image_network:
-            others = self.basis.to_latent(self.net(x, levels).float())[..., self.s1_first[self.s1_size :]]
+            others = self.basis.to_latent(self.net(x, levels).float())[..., rest]
         else:
-            others = torch.zeros_like(self.basis.to_latent(x.float())[..., self.s1_first[self.s1_size :]])
-        s1 = self.s1_velocity(
-            self.s1_codes(self.basis.to_latent(x.float())), levels[:, :1].clamp(0, 1).float()
-        )
+            others = torch.zeros_like(state[..., rest])
+        s1 = self.s1_velocity(self.s1_codes(state), levels[:, :1].clamp(0, 1).float())
         latent = torch.cat([s1.reshape(-1, self.channels, self.s1_size), others], dim=2)[
             ..., self.s1_first_inverse
         ]
