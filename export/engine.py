@@ -17,8 +17,9 @@ import torch
 
 import grouplat
 from grouplat.modelinfo import ModelInfo
+from grouplat.s1phase import S1PhaseVelocity
 from grouplat.serving.engines import OnnxVelocity
-from grouplat.solvers import S1PhaseVelocity, Velocity
+from grouplat.solvers import Velocity
 from grouplat.training.networks import S1Head, S1HeadAlone
 
 OPSET = 17

@@ -30,7 +30,7 @@ DEFAULT_GROUP_STEPS = (10, 5, 5, 4)  # decode (generation), S1..S4
 DEFAULT_ENCODE_GROUP_STEPS = (16, 8, 6, 6)
 DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 24: the decode's
 DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
-# A model with an S1 head solves S1's phase on the head alone (solvers.S1PhaseVelocity, 2–5% of the image
+# A model with an S1 head solves S1's phase on the head alone (s1phase.S1PhaseVelocity, 2–5% of the image
 # network's cost in ONNX Runtime), so S1 gets many steps and the image network's evaluations all go to
 # S2..S4: a decode of 24 network evaluations [8, 8, 8] plus 32 head steps, an encode of 24 plus 128 (S1's
 # latents follow the head: 16 S1 steps gave held-out S1 std 0.78 / max |corr| 0.26, 128 give 0.84 / 0.19).

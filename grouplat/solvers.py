@@ -40,43 +40,6 @@ SPACINGS = ("uniform", "tau")
 DEFAULT_STD_RANGE = (0.1, 10.0)  # coefficient std range assumed by `tau` spacing without stats
 
 
-class S1PhaseVelocity:
-    """A headed model's velocity in two engines: rows whose every group but S1 is hidden (S1's
-    phase) go to the S1 head alone (`grouplat.training.networks.S1HeadAlone`, 1–5% of the
-    image network's cost), the rest to the whole network. A hidden group's velocity is never
-    used, so a solve reads exactly what the whole network would give, and S1's steps cost almost
-    nothing. The head takes numpy arrays (it runs on the host); a device state's rows travel there
-    and back. Any other attribute (`to_device`, `provider`) is the whole network's.
-    """
-
-    def __init__(self, velocity: Any, s1_head: Velocity) -> None:
-        self.velocity, self.s1_head = velocity, s1_head
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["velocity"], name)
-
-    def __call__(self, x_t: Any, levels: Any) -> Any:
-        s1_phase = (arrays.to_numpy(levels)[:, 1:] < 0).all(axis=1)
-        if not s1_phase.any():
-            return self.velocity(x_t, levels)
-        if s1_phase.all():
-            return self._head(x_t, levels)
-        xp = arrays.namespace(x_t)
-        head_rows, other_rows = np.flatnonzero(s1_phase), np.flatnonzero(~s1_phase)
-        take = [arrays.beside(rows, x_t) for rows in (head_rows, other_rows)]
-        parts = [
-            self._head(xp.take(x_t, take[0], axis=0), xp.take(levels, take[0], axis=0)),
-            self.velocity(xp.take(x_t, take[1], axis=0), xp.take(levels, take[1], axis=0)),
-        ]
-        order = arrays.beside(np.argsort(np.concatenate([head_rows, other_rows])), x_t)
-        return xp.take(xp.concat(parts), order, axis=0)
-
-    def _head(self, x_t: Any, levels: Any) -> Any:
-        if arrays.is_host(x_t):
-            return self.s1_head(np.asarray(x_t, np.float32), np.asarray(levels, np.float32))
-        return arrays.beside(self.s1_head(arrays.to_numpy(x_t), arrays.to_numpy(levels)), x_t)
-
-
 def chunked(velocity: Velocity, max_batch: int) -> Velocity:
     """The same velocity callable, called on at most `max_batch` images at a time (bounds memory).
 

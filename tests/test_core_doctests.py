@@ -12,6 +12,7 @@ CORE = [
     "space",
     "schedule",
     "solvers",
+    "s1phase",
     "oracle",
     "ops",
     "modelinfo",

@@ -15,8 +15,8 @@ import grouplat
 from grouplat.cli import main as grouplat_main
 from grouplat.export.engine import onnx_velocity
 from grouplat.modelinfo import ModelInfo
+from grouplat.s1phase import S1PhaseVelocity
 from grouplat.serving.server import EmbeddedServer
-from grouplat.solvers import S1PhaseVelocity
 from grouplat.training.checkpoint import load_checkpoint, save_checkpoint
 from grouplat.training.networks import S1Head, S1HeadAlone, build_network, numpy_velocity
 

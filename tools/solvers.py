@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 import grouplat
+from grouplat.s1phase import network_steps
 from grouplat.schedule import Schedule
 from grouplat.solvers import (
     NFE_PER_STEP,
@@ -235,7 +236,9 @@ def study(
         encoded: dict[tuple[int, ...], np.ndarray] = {}
         for counts in splits:
             name = f"{solver}/tau/{'-'.join(map(str, counts))}"
-            network = sum(counts) - (counts[0] if model.s1_on_head(model.generate) else 0)  # S1's: ~free
+            network = (
+                network_steps(model.generate, counts) if model.s1_on_head(model.generate) else sum(counts)
+            )
             result["curves"][name] = {
                 str(network * per_step): round(psnr(decode(solver, counts), reference), 2)
             }

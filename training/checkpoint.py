@@ -32,8 +32,8 @@ from safetensors.torch import save_file
 
 from grouplat.knots import KNOTS_FILE
 from grouplat.knots import read as read_knots
+from grouplat.s1phase import S1PhaseVelocity
 from grouplat.schedule import Schedule
-from grouplat.solvers import S1PhaseVelocity
 from grouplat.space import LatentSpace
 from grouplat.training.networks import S1Head, S1HeadAlone, build_network, numpy_velocity
 

@@ -408,7 +408,7 @@ class S1HeadAlone(nn.Module):
 
     While S1 is active every other group is hidden, and a hidden group's velocity is never used,
     so on those rows this equals the whole network in everything a solve reads
-    (`grouplat.solvers.S1PhaseVelocity` sends them here): S1's steps cost almost nothing.
+    (`grouplat.s1phase.S1PhaseVelocity` sends them here): S1's steps cost almost nothing.
     """
 
     def __init__(self, head: S1Head) -> None:

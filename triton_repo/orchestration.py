@@ -22,6 +22,7 @@ import numpy as np
 
 from grouplat import arrays, ops
 from grouplat.modelinfo import ModelInfo
+from grouplat.s1phase import S1PhaseVelocity, network_steps
 from grouplat.serving import contract as c
 from grouplat.serving.engines import (
     BlsVelocity,
@@ -32,7 +33,7 @@ from grouplat.serving.engines import (
     succeeded,
 )
 from grouplat.settings import GenerationSettings
-from grouplat.solvers import NFE_PER_STEP, S1PhaseVelocity, Velocity, allocate_steps, decode, encode
+from grouplat.solvers import NFE_PER_STEP, Velocity, decode, encode
 
 IMAGE_RANGE_SLACK = 1e-3  # images are in [-1, 1]; allow rounding from uint8 conversions
 DEFAULTS_FILE = "defaults.json"  # in a version directory: its default schedule, steps, solver (export)
@@ -161,10 +162,9 @@ class Orchestrator:
 
     def network_steps(self, settings: GenerationSettings) -> int:
         """The steps of one direction's solve that call the whole network."""
-        schedule = settings.generation_schedule(self.space.k)
-        if not isinstance(self.velocity, S1PhaseVelocity) or not schedule.hidden[0, 1:].all():
+        if not isinstance(self.velocity, S1PhaseVelocity):
             return settings.steps
-        return settings.steps - int(allocate_steps(schedule, settings.steps)[0])
+        return network_steps(settings.generation_schedule(self.space.k), settings.steps)
 
     def run(
         self,
