@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -24,6 +25,10 @@ NET = dict(
     arch="unet", model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0
 )
 HEAD = {"hidden": 32, "layers": 2}
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("s1_benchmark", ROOT / "benchmarks" / "s1_head.py")
+s1_benchmark = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(s1_benchmark)  # type: ignore[union-attr]
 FITTED = {"hidden": 64, "layers": 2}
 
 
@@ -142,6 +147,17 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
         gaussian_loss = s1_loss(head, codes, noise, alpha)
     assert fitted_loss < 0.985 * gaussian_loss, (float(fitted_loss), float(gaussian_loss))  # measured: 0.945
 
+    # benchmarks/s1_head.py: an untrained head (S1's full-covariance Gaussian) whitens S1 exactly, so
+    # its RK4 encode of held-out images gives std ~1 in every eigen-band; the fitted head's differs
+    fitted_stats = s1_benchmark.measure(load_checkpoint(fitted), count=256, steps=40, samples=64, items=512)
+    gaussian = load_checkpoint(fitted)
+    torch.nn.init.zeros_(gaussian.network.mlp.out.weight)
+    torch.nn.init.zeros_(gaussian.network.mlp.out.bias)
+    stats = s1_benchmark.measure(gaussian, count=256, steps=40, samples=64, items=512)
+    assert stats["abs_mean"] < 0.15 and abs(stats["std_mean"] - 1) < 0.1, stats
+    assert all(abs(s - 1) < 0.25 for s in stats["std_by_eigen_band"]), stats
+    assert stats["loss"] > fitted_stats["loss"] and fitted_stats["std_mean"] != stats["std_mean"]
+
     # exported: ONNX Runtime computes what PyTorch does (the head is part of the velocity graph)
     onnx_model = export_onnx(load_checkpoint(fitted).network, model_info(after))
     assert check_parity(load_checkpoint(fitted).network, onnx_model, model_info(after)) < 1e-3
@@ -160,7 +176,7 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     # a model that has a head gets a new one; the image network stays
     again = tmp_path / "again"
     assert grouplat_main(["fit-s1", str(fitted), "--out", str(again), "--images", "64", "--steps", "2"]) == 0
-    assert load_checkpoint(again).config == {**before.config, "s1_head": {"hidden": 512, "layers": 4}}
+    assert load_checkpoint(again).config == {**before.config, "s1_head": {"hidden": 1024, "layers": 4}}
     assert json.loads((again / "metadata.json").read_text())["images"] == before.metadata["images"]
     # one seed, one head: the same command again writes the same weights
     twice = tmp_path / "twice"
