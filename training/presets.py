@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # after 3000 steps the finest group's error was 0.27 of the Gaussian predictor's (uniform: 0.09)
     # and samples kept grain (docs/design.md, known trap 1). The shipped models/shapes32 is this
     # preset as it stands (1800 steps × 64 = 115k images, ~40 min on 2 cores), then `grouplat
-    # fit-s1` (a 512-wide S1 head fitted on the same images' S1, ~16 min on 2 cores); phase-first
+    # fit-s1` (a 1024-wide S1 head fitted on the same images' S1, ~24 min on 2 cores); phase-first
     # training times and the Gaussian-residual network (--times phase, residual) did not give better samples
     # (docs/recipe.md). Longer runs keep improving: grids every 1000 steps show it.
     "shapes32": dict(

@@ -111,7 +111,7 @@ def fit_s1_head(
     batch: int = 512,
     lr: float = 1e-3,
     seed: int = 0,
-    hidden: int = 512,
+    hidden: int = 1024,
     layers: int = 4,
 ) -> dict[str, Any]:
     """Fit an S1 head onto the checkpoint at `source` and write the result (released form) to `out`.
@@ -194,7 +194,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the initial weights, items, noise and levels (default 0)"
     )
-    p.add_argument("--hidden", type=int, default=512, help="the head MLP's width (default 512)")
+    p.add_argument("--hidden", type=int, default=1024, help="the head MLP's width (default 1024)")
     p.add_argument("--layers", type=int, default=4, help="the head MLP's residual layers (default 4)")
     p.set_defaults(handler=run)
 
