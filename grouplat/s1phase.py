@@ -63,7 +63,7 @@ def network_steps(schedule: Schedule, steps: int | Sequence[int]) -> int:
         steps: a total, or one count per group (S1 first).
 
     Example:
-        >>> network_steps(Schedule.from_steps([32, 8, 8, 8]), 56)
+        >>> network_steps(Schedule.from_steps([64, 8, 8, 8]), 88)
         24
         >>> network_steps(Schedule.from_cuts("0.5"), [6, 4])
         4

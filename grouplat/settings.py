@@ -30,14 +30,14 @@ DEFAULT_GROUP_STEPS = (10, 5, 5, 4)  # decode (generation), S1..S4
 DEFAULT_ENCODE_GROUP_STEPS = (16, 8, 6, 6)
 DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 24: the decode's
 DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
-# A model with an S1 head solves S1's phase on the head alone (s1phase.S1PhaseVelocity, 2–5% of the image
-# network's cost in ONNX Runtime), so S1 gets many steps and the image network's evaluations all go to
-# S2..S4: a decode of 24 network evaluations [8, 8, 8] plus 32 head steps, an encode of 24 plus 128 (S1's
-# latents follow the head: 16 S1 steps gave held-out S1 std 0.78 / max |corr| 0.26, 128 give 0.84 / 0.19).
-# On models/shapes32, even knots: one-way 48.2 dB, round trip of 16 held-out images 49.1 (the split above,
-# calibrated: 41.2 and 39.4), at about the batch-1 latency the split above had with the whole network at
-# every step (docs/recipe.md, "S1's steps on the head alone").
-HEADED_GROUP_STEPS = (32, 8, 8, 8)
+# A model with an S1 head solves S1's phase on the head alone (s1phase.S1PhaseVelocity; one call of the
+# 1024-wide head costs 14% of the image network's in ONNX Runtime at batch 1, 2–5% at batch 8–64), so S1 gets
+# many steps and the image network's evaluations all go to S2..S4: a decode of 24 network evaluations
+# [8, 8, 8] plus 64 head steps, an encode of 24 plus 128. S1's statistics follow the head's steps: with 32
+# decode steps the model's own samples came back at S1 std 1.16 / max |corr| 0.53, with 64 at 0.98 / 0.30;
+# 128 encode steps give held-out S1 0.86 / 0.16 (256: 0.88 / 0.16 at about twice the encode's cost).
+# On models/shapes32, even knots: one-way 48.2 dB (docs/recipe.md, "A 1024-wide head").
+HEADED_GROUP_STEPS = (64, 8, 8, 8)
 HEADED_ENCODE_GROUP_STEPS = (128, 8, 8, 8)
 DEFAULT_SPACING = "tau"
 MAX_STEPS = 4096  # per request; the server may bound the cost further
@@ -248,7 +248,7 @@ def default_steps(k: int, headed: bool = False) -> tuple[int, int]:
 
     Example:
         >>> default_steps(4), default_steps(4, headed=True), default_steps(3, headed=True)
-        ((24, 36), (56, 152), (24, 36))
+        ((24, 36), (88, 152), (24, 36))
     """
     if headed and k == len(HEADED_GROUP_STEPS):
         return sum(HEADED_GROUP_STEPS), sum(HEADED_ENCODE_GROUP_STEPS)
