@@ -35,8 +35,8 @@ DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
 # many steps and the image network's evaluations all go to S2..S4: a decode of 24 network evaluations
 # [8, 8, 8] plus 64 head steps, an encode of 24 plus 128. S1's statistics follow the head's steps: with 32
 # decode steps the model's own samples came back at S1 std 1.16 / max |corr| 0.53, with 64 at 0.98 / 0.30;
-# 128 encode steps give held-out S1 0.86 / 0.16 (256: 0.88 / 0.16 at about twice the encode's cost).
-# On models/shapes32, even knots: one-way 48.2 dB (docs/recipe.md, "A 1024-wide head").
+# 128 encode steps give held-out S1 0.86 / 0.16 (256: 0.88 / 0.16, for about +40% of a batch-1 encode).
+# On models/shapes32, even knots: one-way 48.3 dB (docs/recipe.md, "A 1024-wide head").
 HEADED_GROUP_STEPS = (64, 8, 8, 8)
 HEADED_ENCODE_GROUP_STEPS = (128, 8, 8, 8)
 DEFAULT_SPACING = "tau"
