@@ -24,7 +24,7 @@ from grouplat.training.training_loop import TrainConfig, train  # noqa: E402
 NET = dict(
     arch="unet", model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0
 )
-HEAD = {"hidden": 32, "layers": 2}
+HEAD = {"hidden": 32, "layers": 2, "embedding": 8}
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("s1_benchmark", ROOT / "benchmarks" / "s1_head.py")
 s1_benchmark = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
@@ -183,6 +183,13 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     assert grouplat_main(["fit-s1", str(fitted), "--out", str(twice), "--images", "64", "--steps", "2"]) == 0
     weights = [load_checkpoint(path).network.state_dict() for path in (again, twice)]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    # a narrower noise-level embedding than the MLP's width: in the config, so served models rebuild it
+    narrow = tmp_path / "narrow"
+    shape = ["--hidden", "64", "--embedding", "16", "--images", "64", "--steps", "2"]
+    assert grouplat_main(["fit-s1", str(fitted), "--out", str(narrow), *shape]) == 0
+    narrowed = load_checkpoint(narrow)
+    assert narrowed.config["s1_head"] == {"hidden": 64, "layers": 4, "embedding": 16}
+    assert narrowed.network.mlp.affine[0].weight.shape == (64, 16)
 
 
 def test_fit_s1_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

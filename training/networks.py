@@ -225,13 +225,17 @@ class PointMLP(nn.Module):
         hidden: int = 256,  # width of every layer
         layers: int = 4,  # residual layers
         level_frequencies: int = 4,  # sin/cos features per level (LevelEmbedding)
+        embedding: int | None = None,  # width of the levels' embedding (default: `hidden`)
     ) -> None:
         super().__init__()
         self.shape = (channels, *(int(r) for r in resolution))
         dim = math.prod(self.shape)
-        self.map_levels = LevelEmbedding(levels, hidden, level_frequencies)
+        # The embedding is a function of the levels alone (one number per group), so it needs no
+        # more width than that curve has; at the default width it holds half the parameters.
+        embedding = embedding or hidden
+        self.map_levels = LevelEmbedding(levels, embedding, level_frequencies)
         self.inp = linear(dim, hidden)
-        self.affine = nn.ModuleList(linear(hidden, hidden) for _ in range(layers))
+        self.affine = nn.ModuleList(linear(embedding, hidden) for _ in range(layers))
         self.layers = nn.ModuleList(linear(hidden, hidden) for _ in range(layers))
         self.norm = nn.LayerNorm(hidden)
         self.out = linear(hidden, dim, weight=1e-5)
@@ -246,7 +250,7 @@ class PointMLP(nn.Module):
 
 ARCHITECTURES = {"unet": UNet, "mlp": PointMLP}
 RESIDUALS = ("none", "gaussian")  # what the network's output is added to (GaussianResidual)
-S1_HEAD_KEYS = ("hidden", "layers")  # config["s1_head"]: the S1 head's PointMLP (S1Head)
+S1_HEAD_KEYS = ("hidden", "layers", "embedding")  # config["s1_head"]: the S1 head's PointMLP (S1Head)
 
 
 # ----------------------------------------------------------------------------
@@ -345,14 +349,21 @@ class S1Head(nn.Module):
     s1_first: torch.Tensor
     s1_first_inverse: torch.Tensor
 
-    def __init__(self, net: nn.Module, space: LatentSpace, hidden: int = 512, layers: int = 4) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        space: LatentSpace,
+        hidden: int = 512,
+        layers: int = 4,
+        embedding: int | None = None,  # the levels' embedding width (PointMLP; default `hidden`)
+    ) -> None:
         super().__init__()
         self.net = net
         self.basis = TorchBasis(space)
         s1 = np.asarray(space.indices(1))
         self.channels, self.s1_size = space.channels, len(s1)
         size = space.channels * self.s1_size
-        self.mlp = PointMLP(1, (1, size), 1, hidden=hidden, layers=layers)
+        self.mlp = PointMLP(1, (1, size), 1, hidden=hidden, layers=layers, embedding=embedding)
         s1_first = np.concatenate([s1, np.setdiff1d(np.arange(space.latent_shape[1]), s1)])
         for name, value in (("s1_first", s1_first), ("s1_first_inverse", np.argsort(s1_first))):
             self.register_buffer(name, torch.as_tensor(value), persistent=False)

@@ -113,6 +113,7 @@ def fit_s1_head(
     seed: int = 0,
     hidden: int = 1024,
     layers: int = 4,
+    embedding: int | None = None,  # the levels' embedding width (default: `hidden`)
 ) -> dict[str, Any]:
     """Fit an S1 head onto the checkpoint at `source` and write the result (released form) to `out`.
     Returns its metadata. A head already there is replaced; the image network is kept as it is.
@@ -125,6 +126,7 @@ def fit_s1_head(
         ("batch", batch),
         ("hidden", hidden),
         ("layers", layers),
+        ("embedding", embedding),
     ):
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}")
@@ -142,14 +144,15 @@ def fit_s1_head(
     inner = network.net if isinstance(network, S1Head) else network
     with torch.random.fork_rng():  # the initial weights from `seed` too: one seed, one head
         torch.manual_seed(seed)
-        head = S1Head(inner, checkpoint.space, hidden=hidden, layers=layers)
+        head = S1Head(inner, checkpoint.space, hidden=hidden, layers=layers, embedding=embedding)
     images = images or int(checkpoint.metadata.get("images") or 0) or 100_000
     started = time.perf_counter()
     codes = s1_training_codes(checkpoint, head, images, seed)
     losses = fit(head, codes, steps=steps, batch=batch, lr=lr, seed=seed)
     head.requires_grad_(False)
     config = {k: v for k, v in checkpoint.config.items() if k != "s1_head"}
-    head.config = {**config, "s1_head": {"hidden": hidden, "layers": layers}}  # type: ignore[assignment]
+    shape = {"hidden": hidden, "layers": layers, **({"embedding": embedding} if embedding else {})}
+    head.config = {**config, "s1_head": shape}  # type: ignore[assignment]
     rewritten = ("format", "created", "grouplat_version", "fingerprint", "raw_fingerprint")
     metadata = {k: v for k, v in checkpoint.metadata.items() if k not in rewritten}
     metadata["network"] = head.config
@@ -196,11 +199,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--hidden", type=int, default=1024, help="the head MLP's width (default 1024)")
     p.add_argument("--layers", type=int, default=4, help="the head MLP's residual layers (default 4)")
+    p.add_argument(
+        "--embedding", type=int, help="width of the head's noise-level embedding (default: --hidden)"
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {k: getattr(args, k) for k in ("images", "steps", "batch", "lr", "seed", "hidden", "layers")}
+    options = {
+        k: getattr(args, k)
+        for k in ("images", "steps", "batch", "lr", "seed", "hidden", "layers", "embedding")
+    }
     try:
         metadata = fit_s1_head(args.checkpoint, args.out, **options)
     except ValueError as error:
