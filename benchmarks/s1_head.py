@@ -62,7 +62,7 @@ def held_out_codes(checkpoint: Any, count: int = 1000, draw: int = 0) -> torch.T
     return head.s1_codes(torch.as_tensor(checkpoint.space.to_latent(images))).float()
 
 
-def latent_statistics(head: S1Head, codes: torch.Tensor, steps: int = 200) -> dict:
+def encoded_s1_statistics(head: S1Head, codes: torch.Tensor, steps: int = 200) -> dict:
     """`codes` encoded through the head alone (RK4), summarised: |mean|, std (range), a robust scale
     (1.4826 × median absolute deviation), kurtosis (3 for a Gaussian), max |corr|, and the std along
     S1's eigen-directions (thinnest tenth .. widest third)."""
@@ -90,7 +90,7 @@ def measure(
     """The figures above for a loaded checkpoint (`load_checkpoint`) with an S1 head."""
     codes = held_out_codes(checkpoint, count)
     head = checkpoint.network
-    stats = latent_statistics(head, codes, steps)
+    stats = encoded_s1_statistics(head, codes, steps)
     grid = alphas(steps)
     generator = torch.Generator().manual_seed(123)
     noise = torch.randn(codes.shape, generator=generator)
@@ -140,7 +140,9 @@ def main() -> None:
         checkpoint = load_checkpoint(path)
         r = measure(checkpoint, args.count, args.steps, args.samples)
         r["draws"] = [
-            latent_statistics(checkpoint.network, held_out_codes(checkpoint, args.count, draw), args.steps)
+            encoded_s1_statistics(
+                checkpoint.network, held_out_codes(checkpoint, args.count, draw), args.steps
+            )
             for draw in range(1, args.draws)
         ]
         results.append(r)

@@ -159,7 +159,7 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     assert stats["loss"] > fitted_stats["loss"] and fitted_stats["std_mean"] != stats["std_mean"]
     # another held-out draw: other images, whitened as well (the criterion's spread over draws)
     codes = s1_benchmark.held_out_codes(gaussian, 256, draw=1)
-    other = s1_benchmark.latent_statistics(gaussian.network, codes, steps=40)
+    other = s1_benchmark.encoded_s1_statistics(gaussian.network, codes, steps=40)
     assert abs(other["std_mean"] - 1) < 0.1 and other["std_mean"] != stats["std_mean"], other
 
     # exported: ONNX Runtime computes what PyTorch does (the head is part of the velocity graph)
