@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("s1_benchmark", ROOT / "benchmarks" / "s1_head.py")
 s1_benchmark = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(s1_benchmark)  # type: ignore[union-attr]
-FITTED = {"hidden": 64, "layers": 2}
+FITTED = {"hidden": 64, "layers": 2, "block": "film"}
 
 
 def gaussian_s1_velocity(s1: np.ndarray, alpha: float, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -40,17 +40,18 @@ def gaussian_s1_velocity(s1: np.ndarray, alpha: float, mean: np.ndarray, cov: np
 
 
 @pytest.mark.parametrize(
-    "space",
+    ("space", "head"),
     [
-        LatentSpace((3, 16, 16), "dct", (10, 30, 100)),
-        LatentSpace((3, 16, 16), "pixel", quadrant_groups(16, 16)),
+        (LatentSpace((3, 16, 16), "dct", (10, 30, 100)), HEAD),
+        (LatentSpace((3, 16, 16), "pixel", quadrant_groups(16, 16)), HEAD),
+        (LatentSpace((3, 16, 16), "dct", (10, 30, 100)), {**HEAD, "block": "film"}),
     ],
 )
 def test_an_untrained_s1_head_is_the_full_covariance_gaussian_and_passes_other_groups(
-    space: LatentSpace,
+    space: LatentSpace, head: dict
 ) -> None:
     torch.manual_seed(0)
-    config = {**NET, "channels": 3, "resolution": [16, 16], "levels": space.k, "s1_head": HEAD}
+    config = {**NET, "channels": 3, "resolution": [16, 16], "levels": space.k, "s1_head": head}
     net = build_network(config, space).eval()
     assert isinstance(net, S1Head) and build_network(net.config, space).config == net.config
     rng = np.random.default_rng(0)
@@ -77,6 +78,8 @@ def test_an_untrained_s1_head_is_the_full_covariance_gaussian_and_passes_other_g
         np.testing.assert_allclose(out[..., others], inner[..., others], atol=2e-5)
     with pytest.raises(ValueError, match="S1 head"):
         build_network({**config, "s1_head": {"width": 3}}, space)
+    with pytest.raises(ValueError, match="unknown MLP block 'dense'"):
+        build_network({**config, "s1_head": {**head, "block": "dense"}}, space)
 
 
 def test_the_fit_loss_weighs_every_direction_and_level_alike() -> None:
@@ -115,7 +118,9 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     source = tiny_run(tmp_path / "run")
     fitted = tmp_path / "fitted"
     args = ["fit-s1", str(source), "--out", str(fitted), "--images", "2048", "--steps", "800"]
-    assert grouplat_main([*args, "--batch", "256", *("--hidden", "64", "--layers", "2")]) == 0
+    assert (
+        grouplat_main([*args, "--batch", "256", *("--hidden", "64", "--layers", "2", "--block", "film")]) == 0
+    )
     assert "S1 head fitted on 2048 items" in capsys.readouterr().out
     before, after = load_checkpoint(source), load_checkpoint(fitted)  # loads: fingerprint verified
     assert after.config == {**before.config, "s1_head": FITTED}

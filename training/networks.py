@@ -214,8 +214,17 @@ class UNet(nn.Module):
         return self.out_conv(F.silu(self.out_norm(x)))
 
 
+MLP_BLOCKS = ("shift", "film")  # PointMLP's residual blocks
+
+
 class PointMLP(nn.Module):
-    """Residual MLP for point data (an "image" of shape (C, H, W) = (1, 1, d), pixel basis)."""
+    """Residual MLP for point data (an "image" of shape (C, H, W) = (1, 1, d), pixel basis).
+
+    Blocks: "shift" adds the level embedding before one linear layer (`h + W silu(h + A e)`);
+    "film" normalizes, scales and shifts by the embedding, then a two-layer MLP twice as wide
+    (`h + W₂ silu(W₁ (LN(h)(1 + s) + b))`, DiT's adaLN). On S1's flow the film block fits far
+    better for its size (docs/recipe.md, "A better block for the S1 head").
+    """
 
     def __init__(
         self,
@@ -226,17 +235,28 @@ class PointMLP(nn.Module):
         layers: int = 4,  # residual layers
         level_frequencies: int = 4,  # sin/cos features per level (LevelEmbedding)
         embedding: int | None = None,  # width of the levels' embedding (default: `hidden`)
+        block: str = "shift",  # residual block: one of MLP_BLOCKS
     ) -> None:
         super().__init__()
+        if block not in MLP_BLOCKS:
+            raise ValueError(f"unknown MLP block {block!r}: expected one of {', '.join(MLP_BLOCKS)}")
         self.shape = (channels, *(int(r) for r in resolution))
+        self.block, self.width = block, hidden
         dim = math.prod(self.shape)
         # The embedding is a function of the levels alone (one number per group), so it needs no
         # more width than that curve has; at the default width it holds half the parameters.
         embedding = embedding or hidden
         self.map_levels = LevelEmbedding(levels, embedding, level_frequencies)
         self.inp = linear(dim, hidden)
-        self.affine = nn.ModuleList(linear(embedding, hidden) for _ in range(layers))
-        self.layers = nn.ModuleList(linear(hidden, hidden) for _ in range(layers))
+        if block == "shift":
+            self.affine = nn.ModuleList(linear(embedding, hidden) for _ in range(layers))
+            self.layers = nn.ModuleList(linear(hidden, hidden) for _ in range(layers))
+        else:  # the scale and shift start at zero: every block starts as a plain pre-norm MLP
+            self.affine = nn.ModuleList(linear(embedding, 2 * hidden, weight=1e-5) for _ in range(layers))
+            self.layers = nn.ModuleList(
+                nn.Sequential(linear(hidden, 2 * hidden), nn.SiLU(), linear(2 * hidden, hidden))
+                for _ in range(layers)
+            )
         self.norm = nn.LayerNorm(hidden)
         self.out = linear(hidden, dim, weight=1e-5)
 
@@ -244,13 +264,22 @@ class PointMLP(nn.Module):
         emb = self.map_levels(levels)
         h = self.inp(x.flatten(1))
         for affine, layer in zip(self.affine, self.layers):
-            h = h + layer(F.silu(h + affine(emb)))
+            if self.block == "shift":
+                h = h + layer(F.silu(h + affine(emb)))
+            else:
+                scale, shift = affine(emb).chunk(2, dim=1)
+                h = h + layer(F.layer_norm(h, (self.width,)) * (1 + scale) + shift)
         return self.out(F.silu(self.norm(h))).reshape(x.shape)
 
 
 ARCHITECTURES = {"unet": UNet, "mlp": PointMLP}
 RESIDUALS = ("none", "gaussian")  # what the network's output is added to (GaussianResidual)
-S1_HEAD_KEYS = ("hidden", "layers", "embedding")  # config["s1_head"]: the S1 head's PointMLP (S1Head)
+S1_HEAD_KEYS = (
+    "hidden",
+    "layers",
+    "embedding",
+    "block",
+)  # config["s1_head"]: the S1 head's PointMLP (S1Head)
 
 
 # ----------------------------------------------------------------------------
@@ -356,6 +385,7 @@ class S1Head(nn.Module):
         hidden: int = 512,
         layers: int = 4,
         embedding: int | None = None,  # the levels' embedding width (PointMLP; default `hidden`)
+        block: str = "shift",  # the MLP's residual block (PointMLP)
     ) -> None:
         super().__init__()
         self.net = net
@@ -363,7 +393,7 @@ class S1Head(nn.Module):
         s1 = np.asarray(space.indices(1))
         self.channels, self.s1_size = space.channels, len(s1)
         size = space.channels * self.s1_size
-        self.mlp = PointMLP(1, (1, size), 1, hidden=hidden, layers=layers, embedding=embedding)
+        self.mlp = PointMLP(1, (1, size), 1, hidden=hidden, layers=layers, embedding=embedding, block=block)
         s1_first = np.concatenate([s1, np.setdiff1d(np.arange(space.latent_shape[1]), s1)])
         for name, value in (("s1_first", s1_first), ("s1_first_inverse", np.argsort(s1_first))):
             self.register_buffer(name, torch.as_tensor(value), persistent=False)

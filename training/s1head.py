@@ -31,7 +31,7 @@ import torch
 from grouplat.oracle import gaussian_residual_scale
 from grouplat.training.checkpoint import load_checkpoint, release_checkpoint, save_checkpoint
 from grouplat.training.dataset import open_dataset
-from grouplat.training.networks import S1Head
+from grouplat.training.networks import MLP_BLOCKS, S1Head
 
 log = logging.getLogger(__name__)
 SIGMA_RANGE = (0.002, 80.0)  # noise levels σ = (1 − α)/α of the fit, log-uniform
@@ -114,6 +114,7 @@ def fit_s1_head(
     hidden: int = 1024,
     layers: int = 4,
     embedding: int | None = None,  # the levels' embedding width (default: `hidden`)
+    block: str = "shift",  # the MLP's residual block (networks.MLP_BLOCKS)
 ) -> dict[str, Any]:
     """Fit an S1 head onto the checkpoint at `source` and write the result (released form) to `out`.
     Returns its metadata. A head already there is replaced; the image network is kept as it is.
@@ -132,6 +133,8 @@ def fit_s1_head(
             raise ValueError(f"--{name} must be at least 1, got {value}")
     if not lr > 0:
         raise ValueError(f"--lr must be positive, got {lr}")
+    if block not in MLP_BLOCKS:
+        raise ValueError(f"--block must be one of {', '.join(MLP_BLOCKS)}, got {block!r}")
     checkpoint = load_checkpoint(source)
     schedule = checkpoint.schedule
     if not checkpoint.hide or schedule.k < 2 or not schedule.hidden[0, 1:].all():
@@ -144,14 +147,17 @@ def fit_s1_head(
     inner = network.net if isinstance(network, S1Head) else network
     with torch.random.fork_rng():  # the initial weights from `seed` too: one seed, one head
         torch.manual_seed(seed)
-        head = S1Head(inner, checkpoint.space, hidden=hidden, layers=layers, embedding=embedding)
+        head = S1Head(inner, checkpoint.space, hidden=hidden, layers=layers, embedding=embedding, block=block)
     images = images or int(checkpoint.metadata.get("images") or 0) or 100_000
     started = time.perf_counter()
     codes = s1_training_codes(checkpoint, head, images, seed)
     losses = fit(head, codes, steps=steps, batch=batch, lr=lr, seed=seed)
     head.requires_grad_(False)
     config = {k: v for k, v in checkpoint.config.items() if k != "s1_head"}
-    shape = {"hidden": hidden, "layers": layers, **({"embedding": embedding} if embedding else {})}
+    shape: dict[str, Any] = {"hidden": hidden, "layers": layers}
+    shape.update(
+        {"embedding": embedding} if embedding else {}, **({"block": block} if block != "shift" else {})
+    )
     head.config = {**config, "s1_head": shape}  # type: ignore[assignment]
     rewritten = ("format", "created", "grouplat_version", "fingerprint", "raw_fingerprint")
     metadata = {k: v for k, v in checkpoint.metadata.items() if k not in rewritten}
@@ -202,13 +208,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--embedding", type=int, help="width of the head's noise-level embedding (default: --hidden)"
     )
+    p.add_argument(
+        "--block",
+        default="shift",
+        choices=MLP_BLOCKS,
+        help="the MLP's residual block: shift (one linear layer, the level added) or film (normalized, "
+        "scaled and shifted by the level, a two-layer MLP); default shift",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     options = {
         k: getattr(args, k)
-        for k in ("images", "steps", "batch", "lr", "seed", "hidden", "layers", "embedding")
+        for k in ("images", "steps", "batch", "lr", "seed", "hidden", "layers", "embedding", "block")
     }
     try:
         metadata = fit_s1_head(args.checkpoint, args.out, **options)
