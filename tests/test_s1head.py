@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("s1_benchmark", ROOT / "benchmarks" / "s1_head.py")
 s1_benchmark = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(s1_benchmark)  # type: ignore[union-attr]
-FITTED = {"hidden": 64, "layers": 2, "block": "film"}
+FITTED = {"hidden": 64, "layers": 2, "embedding": 32, "block": "film"}
 
 
 def gaussian_s1_velocity(s1: np.ndarray, alpha: float, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -119,7 +119,15 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     fitted = tmp_path / "fitted"
     args = ["fit-s1", str(source), "--out", str(fitted), "--images", "2048", "--steps", "800"]
     assert (
-        grouplat_main([*args, "--batch", "256", *("--hidden", "64", "--layers", "2", "--block", "film")]) == 0
+        grouplat_main(
+            [
+                *args,
+                "--batch",
+                "256",
+                *("--hidden", "64", "--layers", "2", "--embedding", "32", "--block", "film"),
+            ]
+        )
+        == 0
     )
     assert "S1 head fitted on 2048 items" in capsys.readouterr().out
     before, after = load_checkpoint(source), load_checkpoint(fitted)  # loads: fingerprint verified
@@ -185,7 +193,8 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     # a model that has a head gets a new one; the image network stays
     again = tmp_path / "again"
     assert grouplat_main(["fit-s1", str(fitted), "--out", str(again), "--images", "64", "--steps", "2"]) == 0
-    assert load_checkpoint(again).config == {**before.config, "s1_head": {"hidden": 1024, "layers": 4}}
+    defaults = {"hidden": 512, "layers": 4, "embedding": 256, "block": "film"}  # the shipped head's
+    assert load_checkpoint(again).config == {**before.config, "s1_head": defaults}
     assert json.loads((again / "metadata.json").read_text())["images"] == before.metadata["images"]
     # one seed, one head: the same command again writes the same weights
     twice = tmp_path / "twice"
@@ -194,7 +203,7 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     # a narrower noise-level embedding than the MLP's width: in the config, so served models rebuild it
     narrow = tmp_path / "narrow"
-    shape = ["--hidden", "64", "--embedding", "16", "--images", "64", "--steps", "2"]
+    shape = ["--hidden", "64", "--embedding", "16", "--block", "shift", "--images", "64", "--steps", "2"]
     assert grouplat_main(["fit-s1", str(fitted), "--out", str(narrow), *shape]) == 0
     narrowed = load_checkpoint(narrow)
     assert narrowed.config["s1_head"] == {"hidden": 64, "layers": 4, "embedding": 16}

@@ -111,10 +111,10 @@ def fit_s1_head(
     batch: int = 512,
     lr: float = 1e-3,
     seed: int = 0,
-    hidden: int = 1024,
+    hidden: int = 512,
     layers: int = 4,
-    embedding: int | None = None,  # the levels' embedding width (default: `hidden`)
-    block: str = "shift",  # the MLP's residual block (networks.MLP_BLOCKS)
+    embedding: int | None = 256,  # the levels' embedding width (None: `hidden`)
+    block: str = "film",  # the MLP's residual block (networks.MLP_BLOCKS)
 ) -> dict[str, Any]:
     """Fit an S1 head onto the checkpoint at `source` and write the result (released form) to `out`.
     Returns its metadata. A head already there is replaced; the image network is kept as it is.
@@ -203,17 +203,17 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the initial weights, items, noise and levels (default 0)"
     )
-    p.add_argument("--hidden", type=int, default=1024, help="the head MLP's width (default 1024)")
+    p.add_argument("--hidden", type=int, default=512, help="the head MLP's width (default 512)")
     p.add_argument("--layers", type=int, default=4, help="the head MLP's residual layers (default 4)")
     p.add_argument(
-        "--embedding", type=int, help="width of the head's noise-level embedding (default: --hidden)"
+        "--embedding", type=int, default=256, help="width of the head's noise-level embedding (default 256)"
     )
     p.add_argument(
         "--block",
-        default="shift",
+        default="film",
         choices=MLP_BLOCKS,
         help="the MLP's residual block: shift (one linear layer, the level added) or film (normalized, "
-        "scaled and shifted by the level, a two-layer MLP); default shift",
+        "scaled and shifted by the level, a two-layer MLP); default film",
     )
     p.set_defaults(handler=run)
 
