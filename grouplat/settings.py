@@ -31,12 +31,12 @@ DEFAULT_ENCODE_GROUP_STEPS = (16, 8, 6, 6)
 DEFAULT_STEPS = sum(DEFAULT_GROUP_STEPS)  # 24: the decode's
 DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
 # A model with an S1 head solves S1's phase on the head alone (s1phase.S1PhaseVelocity; one call of the
-# 1024-wide head costs 14% of the image network's in ONNX Runtime at batch 1, 2–5% at batch 8–64), so S1 gets
+# shipped head costs 10% of the image network's in ONNX Runtime at batch 1, 2–4% at batch 8–64), so S1 gets
 # many steps and the image network's evaluations all go to S2..S4: a decode of 24 network evaluations
 # [8, 8, 8] plus 64 head steps, an encode of 24 plus 128. S1's statistics follow the head's steps: with 32
-# decode steps the model's own samples came back at S1 std 1.16 / max |corr| 0.53, with 64 at 0.98 / 0.30;
-# 128 encode steps give held-out S1 0.86 / 0.16 (256: 0.88 / 0.16, for about +40% of a batch-1 encode).
-# On models/shapes32, even knots: one-way 48.3 dB (docs/recipe.md, "A 1024-wide head").
+# decode steps the model's own samples came back at S1 std 1.16 / max |corr| 0.53, with 64 at 0.98 / 0.30
+# (1024-wide head; docs/recipe.md, "A 1024-wide head"). With today's film head 128 encode steps give
+# held-out S1 0.87 / 0.14, own samples 0.98 / 0.28; one-way 47.4 dB, even knots ("A better block ...").
 HEADED_GROUP_STEPS = (64, 8, 8, 8)
 HEADED_ENCODE_GROUP_STEPS = (128, 8, 8, 8)
 DEFAULT_SPACING = "tau"
