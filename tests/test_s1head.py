@@ -118,17 +118,8 @@ def test_fit_s1_learns_s1_and_keeps_the_image_network(
     source = tiny_run(tmp_path / "run")
     fitted = tmp_path / "fitted"
     args = ["fit-s1", str(source), "--out", str(fitted), "--images", "2048", "--steps", "800"]
-    assert (
-        grouplat_main(
-            [
-                *args,
-                "--batch",
-                "256",
-                *("--hidden", "64", "--layers", "2", "--embedding", "32", "--block", "film"),
-            ]
-        )
-        == 0
-    )
+    film_head = ("--hidden", "64", "--layers", "2", "--embedding", "32", "--block", "film")
+    assert grouplat_main([*args, "--batch", "256", *film_head]) == 0
     assert "S1 head fitted on 2048 items" in capsys.readouterr().out
     before, after = load_checkpoint(source), load_checkpoint(fitted)  # loads: fingerprint verified
     assert after.config == {**before.config, "s1_head": FITTED}

@@ -274,12 +274,8 @@ class PointMLP(nn.Module):
 
 ARCHITECTURES = {"unet": UNet, "mlp": PointMLP}
 RESIDUALS = ("none", "gaussian")  # what the network's output is added to (GaussianResidual)
-S1_HEAD_KEYS = (
-    "hidden",
-    "layers",
-    "embedding",
-    "block",
-)  # config["s1_head"]: the S1 head's PointMLP (S1Head)
+# config["s1_head"]: the S1 head's PointMLP (S1Head)
+S1_HEAD_KEYS = ("hidden", "layers", "embedding", "block")
 
 
 # ----------------------------------------------------------------------------

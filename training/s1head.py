@@ -155,9 +155,10 @@ def fit_s1_head(
     head.requires_grad_(False)
     config = {k: v for k, v in checkpoint.config.items() if k != "s1_head"}
     shape: dict[str, Any] = {"hidden": hidden, "layers": layers}
-    shape.update(
-        {"embedding": embedding} if embedding else {}, **({"block": block} if block != "shift" else {})
-    )
+    if embedding:
+        shape["embedding"] = embedding
+    if block != "shift":  # the config of every head fitted before blocks had a name stays as it was
+        shape["block"] = block
     head.config = {**config, "s1_head": shape}  # type: ignore[assignment]
     rewritten = ("format", "created", "grouplat_version", "fingerprint", "raw_fingerprint")
     metadata = {k: v for k, v in checkpoint.metadata.items() if k not in rewritten}
