@@ -16,9 +16,10 @@ from grouplat.cli import main as grouplat_main  # noqa: E402
 from grouplat.export.engine import check_parity, export_onnx, model_info  # noqa: E402
 from grouplat.modelinfo import ModelInfo  # noqa: E402
 from grouplat.space import quadrant_groups  # noqa: E402
+from grouplat.training import s1head  # noqa: E402
 from grouplat.training.checkpoint import load_checkpoint  # noqa: E402
 from grouplat.training.networks import S1Head, build_network  # noqa: E402
-from grouplat.training.s1head import SIGMA_RANGE, s1_loss, s1_training_codes  # noqa: E402
+from grouplat.training.s1head import FOCUS, SIGMA_RANGE, s1_loss, s1_training_codes  # noqa: E402
 from grouplat.training.training_loop import TrainConfig, train  # noqa: E402
 
 NET = dict(
@@ -102,6 +103,35 @@ def test_the_fit_loss_weighs_every_direction_and_level_alike() -> None:
         with torch.no_grad():
             loss = float(s1_loss(net, clean, noise, level))
         assert abs(loss - 1) < 0.03, (alpha, loss)
+
+
+def test_the_fit_draws_its_levels_log_uniform_with_a_share_focused_below_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # FOCUS's share of the levels lies on [σ_min, σ_high]; the rest covers SIGMA_RANGE: with the
+    # defaults (0.75 below 1) 90% of all levels are below 1 against 58% log-uniform
+    drawn: list[torch.Tensor] = []
+
+    def recording_loss(head: S1Head, clean: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor):
+        drawn.append(alpha.detach().clone())
+        return s1_loss(head, clean, noise, alpha)
+
+    monkeypatch.setattr(s1head, "s1_loss", recording_loss)
+    space = LatentSpace((1, 8, 8), "dct", (4, 16))
+    head = S1Head(torch.nn.Identity(), space, hidden=8, layers=1)
+    codes = np.random.default_rng(0).standard_normal((100, len(space.indices(1))))
+    s1head.fit(head, codes, steps=20, batch=500, lr=1e-3, seed=0)
+    sigma = torch.cat(drawn).double().flatten()
+    sigma = (1 - sigma) / sigma
+    low, high = SIGMA_RANGE
+    assert sigma.min() >= low * 0.999 and sigma.max() <= high * 1.001
+    share, focus_high = FOCUS
+    log_share = np.log(focus_high / low) / np.log(high / low)
+    expected = share + (1 - share) * log_share
+    assert abs(float((sigma <= focus_high).double().mean()) - expected) < 0.02
+    s1head.fit(head, codes, steps=20, batch=500, lr=1e-3, seed=0, focus=(0.0, focus_high))
+    sigma = torch.cat(drawn[20:]).double().flatten()
+    assert abs(float(((1 - sigma) / sigma <= focus_high).double().mean()) - log_share) < 0.02
 
 
 def tiny_run(out: Path, **changes: object) -> Path:
@@ -211,4 +241,7 @@ def test_fit_s1_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.Capture
     assert "no checkpoint" in capsys.readouterr().err
     assert grouplat_main(["fit-s1", str(shown), "--out", str(tmp_path / "c"), "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in "abc")
+    for option, value, why in (("--focus-share", "1.5", "[0, 1]"), ("--focus-sigma", "100", "(0.002, 80.0]")):
+        assert grouplat_main(["fit-s1", str(shown), "--out", str(tmp_path / "d"), option, value]) == 2
+        assert f"{option} must lie in {why}, got {float(value)}" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abcd")

@@ -9,8 +9,9 @@ and writes a new checkpoint: the image network unchanged, S1 taken over by the h
 
 Noise levels are drawn log-uniformly in σ = (1 − α)/α over [0.002, 80] (EDM's range), not
 uniformly in α: S1's coefficients span eigen-stds 0.02–5.6 on shapes32, and the thin directions
-are only learned at small σ (docs/recipe.md, "An S1 head", has the measurements behind every
-default here).
+are only learned at small σ; three quarters of them below σ = 1, where how thin the head's S1 is
+across the data's shape — S1's spread on held-out images — is made (docs/recipe.md, "An S1 head"
+and "Where S1's scale is made", has the measurements behind every default here).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from grouplat.training.networks import MLP_BLOCKS, S1Head
 
 log = logging.getLogger(__name__)
 SIGMA_RANGE = (0.002, 80.0)  # noise levels σ = (1 − α)/α of the fit, log-uniform
+FOCUS = (0.75, 1.0)  # that share of each batch's levels log-uniform on [0.002, 1.0] instead (`fit`)
 
 
 def s1_training_codes(checkpoint: Any, head: S1Head, images: int, seed: int, batch: int = 1024) -> np.ndarray:
@@ -73,13 +75,20 @@ def fit(
     lr: float,
     seed: int,
     warmup: int = 200,
+    focus: tuple[float, float] = FOCUS,  # (share, σ_high): that share of the levels on [σ_min, σ_high]
 ) -> list[float]:
     """Set the head's S1 statistics from `codes` and train its MLP on them (`s1_loss`); Adam,
-    linear warm-up then cosine decay, gradient clipping at 1. Returns the loss of every 100th step."""
+    linear warm-up then cosine decay, gradient clipping at 1. Returns the loss of every 100th step.
+
+    Noise levels are log-uniform over SIGMA_RANGE, except that `focus`'s share of each batch is
+    log-uniform below `focus`'s σ_high: the levels where S1's spread on held-out images is made
+    (docs/recipe.md, "Where S1's scale is made")."""
     head.set_statistics(codes)
     x = torch.as_tensor(codes, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     log_low, log_high = (math.log(s) for s in SIGMA_RANGE)
+    focused = torch.arange(batch)[:, None] < round(focus[0] * batch)
+    log_highs = torch.where(focused, math.log(focus[1]), log_high)
     parameters = list(head.mlp.parameters())
     optimizer = torch.optim.Adam(parameters, lr=lr)
     losses = []
@@ -89,7 +98,7 @@ def fit(
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         clean = x[torch.randint(len(x), (batch,), generator=generator)]
         noise = torch.randn(clean.shape, generator=generator)
-        sigma = torch.exp(log_low + (log_high - log_low) * torch.rand(batch, 1, generator=generator))
+        sigma = torch.exp(log_low + (log_highs - log_low) * torch.rand(batch, 1, generator=generator))
         alpha = 1 / (1 + sigma)
         loss = s1_loss(head, clean, noise, alpha)
         optimizer.zero_grad(set_to_none=True)
@@ -115,6 +124,8 @@ def fit_s1_head(
     layers: int = 4,
     embedding: int | None = 256,  # the levels' embedding width (None: `hidden`)
     block: str = "film",  # the MLP's residual block (networks.MLP_BLOCKS)
+    focus_share: float = FOCUS[0],  # the share of noise levels drawn below focus_sigma (`fit`)
+    focus_sigma: float = FOCUS[1],
 ) -> dict[str, Any]:
     """Fit an S1 head onto the checkpoint at `source` and write the result (released form) to `out`.
     Returns its metadata. A head already there is replaced; the image network is kept as it is.
@@ -135,6 +146,10 @@ def fit_s1_head(
         raise ValueError(f"--lr must be positive, got {lr}")
     if block not in MLP_BLOCKS:
         raise ValueError(f"--block must be one of {', '.join(MLP_BLOCKS)}, got {block!r}")
+    if not 0 <= focus_share <= 1:
+        raise ValueError(f"--focus-share must lie in [0, 1], got {focus_share}")
+    if not SIGMA_RANGE[0] < focus_sigma <= SIGMA_RANGE[1]:
+        raise ValueError(f"--focus-sigma must lie in ({SIGMA_RANGE[0]}, {SIGMA_RANGE[1]}], got {focus_sigma}")
     checkpoint = load_checkpoint(source)
     schedule = checkpoint.schedule
     if not checkpoint.hide or schedule.k < 2 or not schedule.hidden[0, 1:].all():
@@ -151,7 +166,7 @@ def fit_s1_head(
     images = images or int(checkpoint.metadata.get("images") or 0) or 100_000
     started = time.perf_counter()
     codes = s1_training_codes(checkpoint, head, images, seed)
-    losses = fit(head, codes, steps=steps, batch=batch, lr=lr, seed=seed)
+    losses = fit(head, codes, steps=steps, batch=batch, lr=lr, seed=seed, focus=(focus_share, focus_sigma))
     head.requires_grad_(False)
     config = {k: v for k, v in checkpoint.config.items() if k != "s1_head"}
     shape: dict[str, Any] = {"hidden": hidden, "layers": layers}
@@ -170,6 +185,7 @@ def fit_s1_head(
         "lr": lr,
         "seed": seed,
         "sigma_range": list(SIGMA_RANGE),
+        "sigma_focus": [focus_share, focus_sigma],
         "loss": "per eigen-direction, in the MLP's output units",
         "final_loss": losses[-1],
         "seconds": round(time.perf_counter() - started, 1),
@@ -216,14 +232,29 @@ def register(subparsers: Any) -> None:
         help="the MLP's residual block: shift (one linear layer, the level added) or film (normalized, "
         "scaled and shifted by the level, a two-layer MLP); default film",
     )
+    p.add_argument(
+        "--focus-share",
+        type=float,
+        default=FOCUS[0],
+        help=f"share of the noise levels drawn below --focus-sigma (default {FOCUS[0]})",
+    )
+    p.add_argument(
+        "--focus-sigma",
+        type=float,
+        default=FOCUS[1],
+        help=f"the focused levels' highest σ = (1 − α)/α (default {FOCUS[1]})",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     options = {
         k: getattr(args, k)
-        for k in ("images", "steps", "batch", "lr", "seed", "hidden", "layers", "embedding", "block")
-    }
+        for k in (
+            "images", "steps", "batch", "lr", "seed", "hidden", "layers", "embedding", "block", "focus_share",
+            "focus_sigma",
+        )
+    }  # fmt: skip
     try:
         metadata = fit_s1_head(args.checkpoint, args.out, **options)
     except ValueError as error:
