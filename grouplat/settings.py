@@ -36,7 +36,7 @@ DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
 # [8, 8, 8] plus 64 head steps, an encode of 24 plus 128. S1's statistics follow the head's steps: with 32
 # decode steps the model's own samples came back at S1 std 1.16 / max |corr| 0.53, with 64 at 0.98 / 0.30
 # (1024-wide head; docs/recipe.md, "A 1024-wide head"). With today's film head 128 encode steps give
-# held-out S1 0.87 / 0.14, own samples 0.98 / 0.28; one-way 47.4 dB, even knots ("A better block ...").
+# held-out S1 0.90 / 0.15, own samples 0.97 / 0.33; one-way 47.0 dB, even knots ("Where S1's scale ...").
 HEADED_GROUP_STEPS = (64, 8, 8, 8)
 HEADED_ENCODE_GROUP_STEPS = (128, 8, 8, 8)
 DEFAULT_SPACING = "tau"
