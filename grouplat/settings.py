@@ -33,12 +33,13 @@ DEFAULT_ENCODE_STEPS = sum(DEFAULT_ENCODE_GROUP_STEPS)  # 36
 # A model with an S1 head solves S1's phase on the head alone (s1phase.S1PhaseVelocity; one call of the
 # shipped head costs 10% of the image network's in ONNX Runtime at batch 1, 2–4% at batch 8–64), so S1 gets
 # many steps and the image network's evaluations all go to S2..S4: a decode of 24 network evaluations
-# [8, 8, 8] plus 64 head steps, an encode of 24 plus 128. S1's statistics follow the head's steps: with 32
+# [8, 8, 8] plus 64 head steps, an encode of 24 plus 256. S1's statistics follow the head's steps: with 32
 # decode steps the model's own samples came back at S1 std 1.16 / max |corr| 0.53, with 64 at 0.98 / 0.30
-# (1024-wide head; docs/recipe.md, "A 1024-wide head"). With today's film head 128 encode steps give
-# held-out S1 0.90 / 0.15, own samples 0.97 / 0.33; one-way 47.0 dB, even knots ("Where S1's scale ...").
+# (1024-wide head; docs/recipe.md, "A 1024-wide head"). With today's film head 128 encode steps give held-out
+# S1 std 0.89-0.90 on four draws, 256 give 0.90-0.92 (max |corr| <= 0.18) for +40% of a batch-1 encode, +9%
+# at batch 8 ("Where S1's scale is made"); one-way 47.0 dB, even knots.
 HEADED_GROUP_STEPS = (64, 8, 8, 8)
-HEADED_ENCODE_GROUP_STEPS = (128, 8, 8, 8)
+HEADED_ENCODE_GROUP_STEPS = (256, 8, 8, 8)
 DEFAULT_SPACING = "tau"
 MAX_STEPS = 4096  # per request; the server may bound the cost further
 MAX_SCHEDULE_TEXT = 2000  # characters of a schedule given as text
@@ -248,7 +249,7 @@ def default_steps(k: int, headed: bool = False) -> tuple[int, int]:
 
     Example:
         >>> default_steps(4), default_steps(4, headed=True), default_steps(3, headed=True)
-        ((24, 36), (88, 152), (24, 36))
+        ((24, 36), (88, 280), (24, 36))
     """
     if headed and k == len(HEADED_GROUP_STEPS):
         return sum(HEADED_GROUP_STEPS), sum(HEADED_ENCODE_GROUP_STEPS)

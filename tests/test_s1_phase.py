@@ -156,7 +156,7 @@ def test_s1_steps_are_free_in_the_budget_the_defaults_and_the_evaluation(headed:
     plain4 = ModelInfo(checkpoint.fingerprint, space4, four, True, *stats)
     assert (ServingOptions().resolved(headed4).steps, ServingOptions().resolved(headed4).encode_steps) == (
         88,
-        152,
+        280,
     )
     assert (ServingOptions().resolved(plain4).steps, ServingOptions().resolved(plain4).encode_steps) == (
         24,
