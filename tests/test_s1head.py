@@ -120,18 +120,21 @@ def test_the_fit_draws_its_levels_log_uniform_with_a_share_focused_below_one(
     space = LatentSpace((1, 8, 8), "dct", (4, 16))
     head = S1Head(torch.nn.Identity(), space, hidden=8, layers=1)
     codes = np.random.default_rng(0).standard_normal((100, len(space.indices(1))))
-    s1head.fit(head, codes, steps=20, batch=500, lr=1e-3, seed=0)
-    sigma = torch.cat(drawn).double().flatten()
-    sigma = (1 - sigma) / sigma
+
+    def drawn_sigmas(focus: tuple[float, float]) -> torch.Tensor:
+        drawn.clear()
+        s1head.fit(head, codes, steps=20, batch=500, lr=1e-3, seed=0, focus=focus)
+        alpha = torch.cat(drawn).double().flatten()
+        return (1 - alpha) / alpha
+
     low, high = SIGMA_RANGE
-    assert sigma.min() >= low * 0.999 and sigma.max() <= high * 1.001
     share, focus_high = FOCUS
     log_share = np.log(focus_high / low) / np.log(high / low)
-    expected = share + (1 - share) * log_share
-    assert abs(float((sigma <= focus_high).double().mean()) - expected) < 0.02
-    s1head.fit(head, codes, steps=20, batch=500, lr=1e-3, seed=0, focus=(0.0, focus_high))
-    sigma = torch.cat(drawn[20:]).double().flatten()
-    assert abs(float(((1 - sigma) / sigma <= focus_high).double().mean()) - log_share) < 0.02
+    sigma = drawn_sigmas(FOCUS)
+    assert sigma.min() >= low * 0.999 and sigma.max() <= high * 1.001
+    assert abs(float((sigma <= focus_high).double().mean()) - (share + (1 - share) * log_share)) < 0.02
+    sigma = drawn_sigmas((0.0, focus_high))
+    assert abs(float((sigma <= focus_high).double().mean()) - log_share) < 0.02
 
 
 def tiny_run(out: Path, **changes: object) -> Path:
